@@ -1,0 +1,55 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cometly_provider import __version__
+
+INTEGRATION = "Cometly"
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-cometly",
+        "name": "Cometly",
+        "description": "`Cometly <https://www.cometly.com/>`__ marketing attribution: "
+        "conversion tracking and event exports.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://docs.cometly.com/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["cometly_provider.hooks.cometly"]}],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "cometly_provider.operators.track_event",
+                    "cometly_provider.operators.event_export",
+                    "cometly_provider.operators.download_export",
+                ],
+            }
+        ],
+        "sensors": [
+            {"integration-name": INTEGRATION, "python-modules": ["cometly_provider.sensors.event_export"]}
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["cometly_provider.triggers.event_export"]}
+        ],
+        "connection-types": [
+            {
+                "connection-type": "cometly",
+                "hook-class-name": "cometly_provider.hooks.cometly.CometlyHook",
+                "hook-name": "Cometly",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API key", "host": "API host (optional)"},
+                    "placeholders": {"host": "https://app.cometly.com"},
+                },
+            }
+        ],
+    }

@@ -1,0 +1,618 @@
+"""CometlyHook: the one place that talks HTTP to Cometly.
+
+It owns the connection settings, a pooled ``requests.Session``, authentication, client-side rate
+limits (per Space and endpoint, see :mod:`cometly_provider.hooks.rate_limit`), retries with
+tenacity, and the mapping of every failure to a typed :class:`~cometly_provider.exceptions.CometlyError`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import requests
+import tenacity
+from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from requests.adapters import HTTPAdapter
+
+from cometly_provider import __version__
+from cometly_provider.exceptions import (
+    CometlyAuthError,
+    CometlyConnectionError,
+    CometlyDownloadError,
+    CometlyDownloadExpiredError,
+    CometlyError,
+    CometlyInputError,
+    CometlyNotFoundError,
+    CometlyRateLimitError,
+    CometlyServerError,
+    CometlyValidationError,
+)
+from cometly_provider.hooks.rate_limit import (
+    DEFAULT_LIMITS,
+    DEFAULT_WINDOW_SECONDS,
+    EndpointRateLimiter,
+    RateLimitPolicy,
+    get_rate_limiter,
+    space_key,
+)
+from cometly_provider.utils.redaction import mask_presigned_url, redact_url
+from cometly_provider.validation import validate_export_params, validate_track_event
+
+if TYPE_CHECKING:
+    import aiohttp
+    from airflow.providers.common.compat.sdk import Connection
+
+DEFAULT_HOST = "https://app.cometly.com"
+API_PREFIX = "/public-api/v1"
+TRACK_PATH = "/events/track"
+EXPORTS_PATH = "/events/exports"
+
+# Status codes that no retry can fix.
+_FATAL = {400, 401, 403, 404, 422}
+
+
+def _airflow_version() -> str:
+    try:
+        from airflow import __version__ as airflow_version
+
+        return str(airflow_version)
+    except ImportError:  # pragma: no cover - airflow is a hard dependency
+        return "unknown"
+
+
+def user_agent() -> str:
+    return (
+        f"airflow-provider-cometly/{__version__} apache-airflow/{_airflow_version()} "
+        f"python/{platform.python_version()} requests/{requests.__version__}"
+    )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed requests are retried. ``max_attempts`` counts the first try."""
+
+    max_attempts: int = 5
+    min_wait: float = 1.0
+    max_wait: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"retry max_attempts={self.max_attempts!r} must be >= 1")
+        if self.min_wait < 0 or self.max_wait < self.min_wait:
+            raise ValueError(f"retry waits must satisfy 0 <= min_wait <= max_wait, got {self}")
+
+
+class _RetryableConnectionError(CometlyConnectionError):
+    """A transport failure, remembering whether the request may have reached the server."""
+
+    def __init__(self, message: str, *, maybe_processed: bool):
+        super().__init__(message)
+        self.maybe_processed = maybe_processed
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: fall back to exponential backoff
+
+
+def _parse_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _api_message(body: bytes | str) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        return str(payload["message"])
+    return text.strip()[:500]
+
+
+def error_for_status(status: int, where: str, message: str, retry_after: float | None = None) -> CometlyError:
+    """The typed error for an HTTP failure status of the Cometly API."""
+    text = f"Cometly {where} failed with HTTP {status}: {message or '(no message)'}"
+    if status in (401, 403):
+        hint = " Check the API key in the Cometly connection." if status == 401 else ""
+        return CometlyAuthError(text + hint, status_code=status, api_message=message)
+    if status == 404:
+        return CometlyNotFoundError(text, status_code=status, api_message=message)
+    if status in (400, 422):
+        return CometlyValidationError(text, status_code=status, api_message=message)
+    if status == 429:
+        return CometlyRateLimitError(text, retry_after=retry_after, api_message=message)
+    if status >= 500:
+        return CometlyServerError(text, status_code=status, api_message=message)
+    return CometlyError(text, status_code=status, api_message=message)
+
+
+class CometlyHook(BaseHook):
+    """
+    Interact with the Cometly public API.
+
+    :param cometly_conn_id: Airflow connection of type ``cometly`` (API key in the password field).
+    :param timeout: read timeout in seconds; overrides the connection extra ``timeout``.
+    :param max_attempts: attempts per request (first try included) for retryable failures.
+    :param retry_min_wait: first exponential back-off wait in seconds.
+    :param retry_max_wait: cap in seconds on any wait, including a server's ``Retry-After``.
+    :param rate_limits: per-endpoint overrides of the documented limits, e.g. ``{"track": 500}``.
+    :param rate_limit_window: length of the rate-limit window in seconds (60 in production).
+    :param rate_limiting: set ``False`` to disable the client-side limiter (the API still limits).
+    :param pool_size: HTTP connections kept per host; size it to the number of sending threads.
+    """
+
+    conn_name_attr = "cometly_conn_id"
+    default_conn_name = "cometly_default"
+    conn_type = "cometly"
+    hook_name = "Cometly"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"password": "API key", "host": "API host (optional)"},
+            "placeholders": {
+                "host": DEFAULT_HOST,
+                "password": "Cometly API key (one key = one Space)",
+                "extra": json.dumps(
+                    {"timeout": 30, "rate_limits": {"track": 1000}, "rate_limit_window_seconds": 60}
+                ),
+            },
+        }
+
+    def __init__(
+        self,
+        cometly_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry_min_wait: float | None = None,
+        retry_max_wait: float | None = None,
+        rate_limits: Mapping[str, int] | None = None,
+        rate_limit_window: float | None = None,
+        rate_limiting: bool | None = None,
+        pool_size: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cometly_conn_id = cometly_conn_id
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._retry_min_wait = retry_min_wait
+        self._retry_max_wait = retry_max_wait
+        self._rate_limits = dict(rate_limits) if rate_limits is not None else None
+        self._rate_limit_window = rate_limit_window
+        self._rate_limiting = rate_limiting
+        self.pool_size = pool_size
+
+    # --- configuration -------------------------------------------------------------------------
+
+    @cached_property
+    def connection(self) -> Connection:
+        return self.get_connection(self.cometly_conn_id)
+
+    @cached_property
+    def _extras(self) -> dict[str, Any]:
+        return dict(self.connection.extra_dejson or {})
+
+    @cached_property
+    def api_key(self) -> str:
+        key = self.connection.password
+        if not key:
+            raise CometlyInputError(
+                f"Cometly connection {self.cometly_conn_id!r} has no API key: put it in the password field",
+                field="password",
+            )
+        mask_secret(key)
+        return str(key)
+
+    @cached_property
+    def host(self) -> str:
+        return _normalize_host(self.connection.host)
+
+    @property
+    def api_base(self) -> str:
+        return self.host + API_PREFIX
+
+    @cached_property
+    def timeout(self) -> tuple[float, float]:
+        read = self._timeout if self._timeout is not None else float(self._extras.get("timeout", 60))
+        connect = float(self._extras.get("connect_timeout", min(10.0, read)))
+        return connect, read
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        extras = self._extras
+        return RetryPolicy(
+            max_attempts=_first(self._max_attempts, extras.get("max_attempts"), 5, cast=int),
+            min_wait=_first(self._retry_min_wait, extras.get("retry_min_wait"), 1.0, cast=float),
+            max_wait=_first(self._retry_max_wait, extras.get("retry_max_wait"), 60.0, cast=float),
+        )
+
+    @cached_property
+    def rate_limit_policy(self) -> RateLimitPolicy:
+        extras = self._extras
+        limits = dict(DEFAULT_LIMITS)
+        limits.update(extras.get("rate_limits") or {})
+        limits.update(self._rate_limits or {})
+        try:
+            return RateLimitPolicy(
+                limits=limits,
+                window_seconds=_first(
+                    self._rate_limit_window,
+                    extras.get("rate_limit_window_seconds"),
+                    DEFAULT_WINDOW_SECONDS,
+                    cast=float,
+                ),
+                enabled=_first(self._rate_limiting, extras.get("rate_limiting"), True, cast=bool),
+            )
+        except ValueError as err:
+            raise CometlyInputError(f"Cometly connection {self.cometly_conn_id!r}: {err}") from err
+
+    @cached_property
+    def space(self) -> str:
+        return space_key(self.host, self.api_key)
+
+    def rate_limiter(self, endpoint: str) -> EndpointRateLimiter | None:
+        return get_rate_limiter(self.space, endpoint, self.rate_limit_policy)
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self.api_key}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": user_agent(),
+        }
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """Pooled session with the Cometly auth headers; built on first use."""
+        session = requests.Session()
+        session.headers.update(self.headers)
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    @cached_property
+    def _download_session(self) -> requests.Session:
+        # Separate on purpose: the presigned URL goes to S3, which must never see the API key.
+        session = requests.Session()
+        session.headers.update({"User-Agent": user_agent(), "Accept-Encoding": "identity"})
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def close(self) -> None:
+        for name in ("session", "_download_session"):
+            session = self.__dict__.pop(name, None)
+            if session is not None:
+                session.close()
+
+    def _retrying(self, *, where: str, may_repeat: bool) -> tenacity.Retrying:
+        return tenacity.Retrying(**self._retry_kwargs(where=where, may_repeat=may_repeat))
+
+    def _retry_kwargs(self, *, where: str, may_repeat: bool) -> dict[str, Any]:
+        """tenacity arguments shared by the sync and async paths.
+
+        ``may_repeat`` says whether sending the request twice is harmless. When it is not (a track
+        call without ``idempotency_key``), only failures that prove the server did not process the
+        request are retried: 429, and connections that were never established.
+        """
+        policy = self.retry_policy
+        exponential = tenacity.wait_exponential_jitter(
+            initial=policy.min_wait, max=policy.max_wait, jitter=policy.min_wait
+        )
+
+        def should_retry(exc: BaseException) -> bool:
+            if isinstance(exc, CometlyRateLimitError):
+                return True
+            if isinstance(exc, _RetryableConnectionError):
+                return may_repeat or not exc.maybe_processed
+            return isinstance(exc, CometlyServerError) and may_repeat
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, CometlyRateLimitError) and exc.retry_after is not None:
+                # Never earlier than the server asked; jitter spreads processes sharing the Space.
+                hint = min(exc.retry_after, policy.max_wait)
+                return hint + random.uniform(0, min(1.0, 0.1 * hint + 0.05))
+            return float(exponential(state))
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            self.log.warning(
+                "Cometly %s: attempt %d/%d failed (%s); retrying in %.1f s",
+                where,
+                state.attempt_number,
+                policy.max_attempts,
+                exc,
+                sleep,
+            )
+
+        return {
+            "stop": tenacity.stop_after_attempt(policy.max_attempts),
+            "wait": wait,
+            "retry": tenacity.retry_if_exception(should_retry),
+            "before_sleep": log_retry,
+            "reraise": True,
+        }
+
+    def _call(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        may_repeat: bool = True,
+    ) -> dict[str, Any]:
+        where = f"{method} {path}"
+        limiter = self.rate_limiter(endpoint)
+        url = self.api_base + path
+        for attempt in self._retrying(where=where, may_repeat=may_repeat):
+            with attempt:
+                if limiter is not None:
+                    limiter.acquire()
+                try:
+                    response = self.session.request(method, url, json=body, timeout=self.timeout)
+                except requests.RequestException as err:
+                    raise _transport_error(where, err) from None
+                return self._handle(response, where, limiter)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    def _handle(
+        self, response: requests.Response, where: str, limiter: EndpointRateLimiter | None
+    ) -> dict[str, Any]:
+        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        if limiter is not None:
+            remaining = _parse_int(response.headers.get("X-RateLimit-Remaining"))
+            limiter.observe(remaining, retry_after if response.status_code == 429 else None)
+        if response.status_code >= 400:
+            raise error_for_status(response.status_code, where, _api_message(response.content), retry_after)
+        if not response.content:
+            return {}
+        try:
+            payload = response.json()
+        except ValueError as err:
+            raise CometlyError(
+                f"Cometly {where} returned HTTP {response.status_code} with a body that is not JSON",
+                status_code=response.status_code,
+            ) from err
+        return payload if isinstance(payload, dict) else {"data": payload}
+
+    # --- API -------------------------------------------------------------------------------------
+
+    def track_event(self, payload: Mapping[str, Any], *, validate: bool = True) -> dict[str, Any]:
+        """POST /events/track. Retried on 5xx/timeouts only when the payload has an ``idempotency_key``."""
+        body = validate_track_event(payload) if validate else dict(payload)
+        return self._call(
+            "track", "POST", TRACK_PATH, body=body, may_repeat=bool(body.get("idempotency_key"))
+        )
+
+    def create_event_export(self, **params: Any) -> dict[str, Any]:
+        """POST /events/exports; returns ``{"export_id": int, "status": "queued"}``.
+
+        Retried on 5xx and timeouts too: at worst that starts a second, identical export, which
+        costs quota but cannot double-count anything.
+        """
+        body = validate_export_params(params)
+        return self._call("export_create", "POST", EXPORTS_PATH, body=body)
+
+    def get_event_export(self, export_id: int | str) -> dict[str, Any]:
+        """GET /events/exports/{id}; a completed export carries a fresh ``download_url``."""
+        result = self._call("export_status", "GET", f"{EXPORTS_PATH}/{_export_id(export_id)}")
+        if isinstance(result.get("download_url"), str):
+            mask_presigned_url(result["download_url"])
+        return result
+
+    async def aget_event_export(self, export_id: int | str) -> dict[str, Any]:
+        """Async GET /events/exports/{id} for triggers: never blocks the event loop."""
+        import aiohttp
+        from airflow.providers.common.compat.connection import get_async_connection
+
+        if "connection" not in self.__dict__:
+            self.__dict__["connection"] = await get_async_connection(self.cometly_conn_id, hook=self)
+        path = f"{EXPORTS_PATH}/{_export_id(export_id)}"
+        where = f"GET {path}"
+        limiter = self.rate_limiter("export_status")
+        connect, read = self.timeout
+        client_timeout = aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
+        async with aiohttp.ClientSession(headers=self.headers, timeout=client_timeout) as session:
+            async for attempt in tenacity.AsyncRetrying(**self._retry_kwargs(where=where, may_repeat=True)):
+                with attempt:
+                    if limiter is not None:
+                        await limiter.acquire_async()
+                    result = await self._aget(session, self.api_base + path, where, limiter)
+        if isinstance(result.get("download_url"), str):
+            mask_presigned_url(result["download_url"])
+        return result
+
+    async def _aget(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        where: str,
+        limiter: EndpointRateLimiter | None,
+    ) -> dict[str, Any]:
+        import aiohttp
+
+        try:
+            async with session.get(url) as response:
+                body = await response.read()
+                headers = response.headers
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as err:
+            refused = isinstance(err, aiohttp.ClientConnectorError)
+            raise _RetryableConnectionError(
+                f"Cometly {where}: {type(err).__name__}: {err}", maybe_processed=not refused
+            ) from None
+        retry_after = _parse_retry_after(headers.get("Retry-After"))
+        if limiter is not None:
+            limiter.observe(
+                _parse_int(headers.get("X-RateLimit-Remaining")), retry_after if status == 429 else None
+            )
+        if status >= 400:
+            raise error_for_status(status, where, _api_message(body), retry_after)
+        payload = json.loads(body) if body else {}
+        return payload if isinstance(payload, dict) else {"data": payload}
+
+    @contextmanager
+    def open_download(self, url: str, *, offset: int = 0) -> Iterator[DownloadStream]:
+        """Open a presigned export URL for streaming, from byte ``offset``.
+
+        The bytes are passed through untouched (no gzip decoding, no Cometly auth header). A 403
+        raises :class:`CometlyDownloadExpiredError`; other failures are retried like API calls.
+        """
+        mask_presigned_url(url)
+        safe_url = redact_url(url)
+        where = f"download {safe_url}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response: requests.Response | None = None
+        for attempt in self._retrying(where=where, may_repeat=True):
+            with attempt:
+                try:
+                    response = self._download_session.get(
+                        url, headers=headers, stream=True, timeout=self.timeout
+                    )
+                except requests.RequestException as err:
+                    raise _transport_error(where, err) from None
+                if response.status_code >= 400:
+                    status, message = response.status_code, _api_message(response.content[:2000])
+                    response.close()
+                    if status == 403:
+                        raise CometlyDownloadExpiredError(
+                            f"Cometly export download {safe_url} answered HTTP 403: the presigned URL has "
+                            "expired or is invalid; request a fresh one with get_event_export()",
+                            status_code=403,
+                        )
+                    if status >= 500 or status == 429:
+                        raise error_for_status(
+                            status, where, message, _parse_retry_after(response.headers.get("Retry-After"))
+                        )
+                    raise CometlyDownloadError(
+                        f"Cometly {where} failed with HTTP {status}", status_code=status
+                    )
+                if offset and response.status_code != 206:
+                    response.close()
+                    raise CometlyDownloadError(
+                        f"Cometly {where}: asked for bytes from {offset} but the server ignored Range "
+                        f"(HTTP {response.status_code})"
+                    )
+        assert response is not None
+        try:
+            yield DownloadStream(response, offset=offset, where=where)
+        finally:
+            response.close()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key with a read-only call (status of export 0) that creates nothing."""
+        try:
+            self._call("export_status", "GET", f"{EXPORTS_PATH}/0")
+        except CometlyNotFoundError:
+            pass  # the key was accepted; export 0 just does not exist
+        except CometlyValidationError:
+            pass
+        except CometlyAuthError as err:
+            return False, f"Cometly rejected the API key (HTTP {err.status_code}): {err.api_message}"
+        except CometlyConnectionError as err:
+            return False, f"Cannot reach Cometly at {self.host}: {err}"
+        except CometlyError as err:
+            return False, str(err)
+        return True, f"Connected to Cometly at {self.host}; the API key is valid."
+
+
+class DownloadStream:
+    """An open presigned-URL response; iterate :meth:`iter_chunks` for the raw bytes."""
+
+    def __init__(self, response: requests.Response, *, offset: int, where: str) -> None:
+        self._response = response
+        self.offset = offset
+        self.where = where
+        self.status_code = response.status_code
+        self.etag = response.headers.get("ETag")
+        length = _parse_int(response.headers.get("Content-Length"))
+        self.content_length = length
+        self.total_size = _total_size(response.headers.get("Content-Range"), offset, length)
+
+    def iter_chunks(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Raw bytes as served; a broken connection raises :class:`CometlyDownloadError`."""
+        try:
+            yield from self._response.raw.stream(chunk_size, decode_content=False)
+        except Exception as err:  # urllib3 raises several unrelated types for a cut stream
+            raise CometlyDownloadError(
+                f"Cometly {self.where}: connection broke mid-download ({type(err).__name__})"
+            ) from None
+
+
+def _total_size(content_range: str | None, offset: int, length: int | None) -> int | None:
+    if content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1]
+        return int(total) if total.isdigit() else None
+    return offset + length if length is not None else None
+
+
+def _transport_error(where: str, err: requests.RequestException) -> _RetryableConnectionError:
+    # A refused or timed-out connect proves the request never reached the server.
+    never_sent = isinstance(err, requests.exceptions.ConnectTimeout) or (
+        isinstance(err, requests.exceptions.ConnectionError)
+        and "NewConnectionError" in repr(err.args[0] if err.args else err)
+    )
+    kind = "read timeout" if isinstance(err, requests.exceptions.ReadTimeout) else type(err).__name__
+    return _RetryableConnectionError(
+        f"Cometly {where}: {kind} talking to the API", maybe_processed=not never_sent
+    )
+
+
+def _export_id(export_id: int | str) -> int:
+    try:
+        value = int(str(export_id).strip())
+    except ValueError:
+        value = -1
+    if value < 0 or isinstance(export_id, bool):
+        raise CometlyInputError(
+            f"export_id={export_id!r} is invalid: expected the integer export_id returned by "
+            "Create Event Export",
+            field="export_id",
+        )
+    return value
+
+
+def _normalize_host(host: str | None) -> str:
+    if not host:
+        return DEFAULT_HOST
+    host = host.strip().rstrip("/")
+    if host.endswith(API_PREFIX):
+        host = host[: -len(API_PREFIX)]
+    if "://" not in host:
+        host = "https://" + host
+    return host
+
+
+def _first(*values: Any, cast: Callable[[Any], Any]) -> Any:
+    for value in values:
+        if value is not None:
+            if cast is bool and isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return cast(value)
+    raise AssertionError("a default must be given")  # pragma: no cover

@@ -1,0 +1,166 @@
+"""Client-side rate limiting per Cometly Space and endpoint.
+
+Two layers, both shared by every hook in the process that talks to the same Space:
+
+* a pyrate-limiter sliding-window log at the documented per-minute limit, so one process never
+  sends more than the API allows in any window (a sliding window also satisfies the server's
+  fixed window, which is what keeps a single process at zero 429s);
+* a gate fed by the ``X-RateLimit-Remaining`` header: when other processes (other Celery workers,
+  other DAGs) share the Space, the server's remaining budget runs out before ours does, and the
+  gate then holds requests until the server's window is estimated to have reset.
+
+Limiters are keyed by a digest of host + API key, never by the key itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyrate_limiter import InMemoryBucket, Limiter, Rate
+
+# Documented limits per Space, per minute.
+DEFAULT_LIMITS: Mapping[str, int] = {
+    "track": 1000,
+    "export_create": 5,
+    "export_status": 30,
+    "list": 7,
+}
+DEFAULT_WINDOW_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """Limits per endpoint within ``window_seconds``; ``enabled=False`` turns client limiting off."""
+
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window_seconds <= 0:
+            raise ValueError(f"rate-limit window_seconds={self.window_seconds!r} must be > 0")
+        for endpoint, limit in self.limits.items():
+            if endpoint not in DEFAULT_LIMITS:
+                raise ValueError(
+                    f"rate limit for unknown endpoint {endpoint!r}; allowed: {', '.join(DEFAULT_LIMITS)}"
+                )
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"rate limit {endpoint}={limit!r} must be a positive integer")
+
+    def limit_for(self, endpoint: str) -> int:
+        return int(self.limits.get(endpoint, DEFAULT_LIMITS[endpoint]))
+
+
+def space_key(host: str, api_key: str) -> str:
+    """A stable, non-reversible identifier of a Space (one API key = one Space)."""
+    return hashlib.sha256(f"{host}\0{api_key}".encode()).hexdigest()[:16]
+
+
+class _ServerBudget:
+    """What the server last said about the Space's budget, and when its window should reset."""
+
+    def __init__(self, limit: int, window_seconds: float) -> None:
+        self._lock = threading.Lock()
+        self.limit = limit
+        self.window = window_seconds
+        # Keep a few requests in hand for those already in flight in this process.
+        self.reserve = min(8, limit // 20)
+        self._remaining: int | None = None
+        self._reset_at: float | None = None
+
+    def observe(self, remaining: int | None, retry_after: float | None = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if retry_after is not None:
+                self._reset_at = now + retry_after
+                self._remaining = 0
+                return
+            if remaining is None:
+                return
+            # A clear rise means the server's window rolled over just now; small rises are just
+            # responses arriving out of order.
+            rolled_over = self._remaining is not None and remaining > self._remaining + max(
+                2, self.limit // 20
+            )
+            if rolled_over or self._reset_at is None:
+                self._reset_at = now + self.window
+            elif now >= self._reset_at:
+                self._reset_at += math.ceil((now - self._reset_at) / self.window) * self.window
+            self._remaining = remaining
+
+    def delay(self) -> float:
+        """Seconds to hold the next request (0 when the server still has budget for us)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._remaining is None or self._remaining > self.reserve or self._reset_at is None:
+                return 0.0
+            wait = self._reset_at - now
+            if wait <= 0:
+                # Window over: let requests probe again; their responses refresh the estimate.
+                self._remaining = None
+                return 0.0
+        # Jitter so processes sharing the Space do not all fire at the reset instant.
+        return wait + random.uniform(0, self.window * 0.02)
+
+
+class EndpointRateLimiter:
+    """Rate limiter of one endpoint of one Space, safe to share across threads."""
+
+    def __init__(self, endpoint: str, limit: int, window_seconds: float) -> None:
+        self.endpoint = endpoint
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._local = Limiter(InMemoryBucket([Rate(limit, max(1, round(window_seconds * 1000)))]))
+        self._async_local: Limiter | None = None
+        self._server = _ServerBudget(limit, window_seconds)
+
+    def acquire(self) -> None:
+        """Block the calling thread until a request may be sent."""
+        while (delay := self._server.delay()) > 0:
+            time.sleep(delay)
+        self._local.try_acquire(self.endpoint, blocking=True)
+
+    async def acquire_async(self) -> None:
+        """Wait, without blocking the event loop, until a request may be sent."""
+        while (delay := self._server.delay()) > 0:
+            await asyncio.sleep(delay)
+        if self._async_local is None:
+            # pyrate-limiter's async path must not share a bucket with blocking callers.
+            self._async_local = Limiter(
+                InMemoryBucket([Rate(self.limit, max(1, round(self.window_seconds * 1000)))])
+            )
+        await self._async_local.try_acquire_async(self.endpoint, blocking=True)
+
+    def observe(self, remaining: int | None, retry_after: float | None = None) -> None:
+        """Feed back the server's ``X-RateLimit-Remaining`` (and ``Retry-After`` of a 429)."""
+        self._server.observe(remaining, retry_after)
+
+
+_registry: dict[tuple[str, str, int, float], EndpointRateLimiter] = {}
+_registry_lock = threading.Lock()
+
+
+def get_rate_limiter(space: str, endpoint: str, policy: RateLimitPolicy) -> EndpointRateLimiter | None:
+    """The process-wide limiter for ``endpoint`` of ``space`` (``None`` when limiting is off)."""
+    if not policy.enabled:
+        return None
+    limit = policy.limit_for(endpoint)
+    key = (space, endpoint, limit, policy.window_seconds)
+    with _registry_lock:
+        limiter = _registry.get(key)
+        if limiter is None:
+            limiter = _registry[key] = EndpointRateLimiter(endpoint, limit, policy.window_seconds)
+        return limiter
+
+
+def reset_rate_limiters() -> None:
+    """Forget all limiter state (for tests that restart a simulator between cases)."""
+    with _registry_lock:
+        _registry.clear()
