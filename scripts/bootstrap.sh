@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with the provider, both storage extras and the test tooling.
+# Pinned by constraints/py311.txt so a fresh clone gets the versions CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${COMETLY_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "Python >= 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2
+    exit 1
+fi
+stamp="$VENV/.installed-$(cat pyproject.toml constraints/py311.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    echo "==> Installing into $VENV (first run takes about a minute)" >&2
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
+        -c constraints/py311.txt -e ".[amazon,google,test]"
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: lint, type check, then the whole suite against real local servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV="${COMETLY_VENV:-.venv}"
+export PATH="$PWD/$VENV/bin:$PATH"
+
+echo "==> ruff" >&2
+ruff check cometly_provider tests bench example_dags scripts
+ruff format --check cometly_provider tests bench example_dags scripts
+echo "==> mypy" >&2
+mypy cometly_provider
+echo "==> pytest" >&2
+# pytest exits 5 when it collected nothing; with `set -e` that fails the run, as it should.
+python -m pytest "$@"
