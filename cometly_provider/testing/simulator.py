@@ -41,7 +41,9 @@ Choices where the reference is silent (the real service is a Laravel app behind 
   and outcome are fixed when the export is created. Identical exports share one cached file.
 * Presigned URLs: ``X-Amz-Date`` (whole seconds) + ``X-Amz-Expires`` (whole seconds, rounded up so
   the URL lives at least ``url_ttl_seconds``); ``expires_at`` is exactly when the URL stops
-  working. The signature is an HMAC over method, path, date and expiry with a per-simulator secret.
+  working. The signature is an HMAC over method, path, date, expiry and token with a
+  per-simulator secret. Each URL carries a random ``X-Amz-Security-Token`` (signed), so every
+  poll's URL is distinct.
   A bad or missing signature is 403 ``SignatureDoesNotMatch`` / ``AccessDenied``, an expired URL 403
   ``AccessDenied`` "Request has expired", an unknown object 404 ``NoSuchKey`` (S3 XML bodies).
   The object is served as ``Content-Type: application/gzip`` with no ``Content-Encoding`` (so HTTP
@@ -588,8 +590,8 @@ class CometlySimulator:
 
     # --- internals: presigned URLs ------------------------------------------------------------------
 
-    def _signature(self, path: str, amz_date: str, expires: str) -> str:
-        message = f"GET\n{path}\n{amz_date}\n{expires}".encode()
+    def _signature(self, path: str, amz_date: str, expires: str, token: str) -> str:
+        message = f"GET\n{path}\n{amz_date}\n{expires}\n{token}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def _presign(self, export: _Export) -> tuple[str, float]:
@@ -599,11 +601,14 @@ class CometlySimulator:
         expires = max(1, math.ceil(self.config.url_ttl_seconds + (now - signed_at)))
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
         path = f"/_s3/exports/{export.object_key}.ndjson.gz"
-        signature = self._signature(path, amz_date, str(expires))
-        credential = f"SIMULATORKEY%2F{amz_date[:8]}%2Fus-east-1%2Fs3%2Faws4_request"
+        # A per-URL session token (as with role credentials) makes every poll's URL distinct.
+        token = secrets.token_urlsafe(24)
+        signature = self._signature(path, amz_date, str(expires), token)
+        credential = f"ASIASIMULATOR%2F{amz_date[:8]}%2Fus-east-1%2Fs3%2Faws4_request"
         query = (
             f"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={credential}&X-Amz-Date={amz_date}"
-            f"&X-Amz-Expires={expires}&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}"
+            f"&X-Amz-Expires={expires}&X-Amz-Security-Token={token}&X-Amz-SignedHeaders=host"
+            f"&X-Amz-Signature={signature}"
         )
         return f"{self.base_url}{path}?{query}", float(signed_at + expires)
 
@@ -617,7 +622,8 @@ class CometlySimulator:
                 "Query-string authentication requires the X-Amz-Algorithm, X-Amz-Credential, "
                 "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.",
             )
-        expected = self._signature(path, params["X-Amz-Date"], params["X-Amz-Expires"])
+        token = params.get("X-Amz-Security-Token", "")
+        expected = self._signature(path, params["X-Amz-Date"], params["X-Amz-Expires"], token)
         if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
             return 403, _s3_error(
                 "SignatureDoesNotMatch",
