@@ -10,12 +10,13 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 
-from cometly_provider.testing import CometlySimulator
+if TYPE_CHECKING:
+    from cometly_provider.testing import CometlySimulator
 
 
 @pytest.fixture
@@ -101,7 +102,8 @@ def errors_of(response: requests.Response) -> dict[str, list[str]]:
     """The Laravel ``errors`` map of a 422, after checking the body's shape."""
     assert response.status_code == 422, response.text
     body = response.json()
-    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["message"], str)
+    assert body["message"]
     errors: dict[str, list[str]] = body["errors"]
     assert body["message"].startswith(next(iter(errors.values()))[0])
     return errors

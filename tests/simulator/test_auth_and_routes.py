@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import requests
 
-from cometly_provider.testing import CometlySimulator
-from tests.simulator.conftest import Api
+if TYPE_CHECKING:
+    from cometly_provider.testing import CometlySimulator
+    from tests.simulator.conftest import Api
 
 PURCHASE = {"event_name": "purchase", "email": "customer@example.com", "amount": 99.99}
 
@@ -45,10 +48,12 @@ def test_inactive_key_is_403(api: Api) -> None:
     api.sim.config.inactive_api_keys = ["lapsed-key"]
     response = api.track(PURCHASE, key="lapsed-key")
     assert response.status_code == 403
-    assert isinstance(response.json()["message"], str) and response.json()["message"]
+    assert isinstance(response.json()["message"], str)
+    assert response.json()["message"]
     assert api.create_export({"date": "2024-01-15"}, key="lapsed-key").status_code == 403
     assert api.status(1, key="lapsed-key").status_code == 403
-    assert api.sim.events == [] and api.sim.exports == {}
+    assert api.sim.events == []
+    assert api.sim.exports == {}
 
 
 def test_auth_is_checked_before_validation_and_lookup(api: Api) -> None:
@@ -67,9 +72,11 @@ def test_unknown_export_id_is_404(api: Api) -> None:
 
 def test_unknown_route_and_wrong_method(sim: CometlySimulator) -> None:
     response = requests.get(sim.api_base + "/nope", timeout=5)
-    assert response.status_code == 404 and response.json()["message"]
+    assert response.status_code == 404
+    assert response.json()["message"]
     response = requests.get(sim.api_base + "/events/track", timeout=5)
-    assert response.status_code == 405 and "POST" in response.json()["message"]
+    assert response.status_code == 405
+    assert "POST" in response.json()["message"]
     response = requests.get(sim.base_url + "/", timeout=5)
     assert response.status_code == 404
 

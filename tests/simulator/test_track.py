@@ -49,7 +49,8 @@ def test_reference_example_is_accepted_and_stored(api: Api) -> None:
     response = api.track(EXAMPLE)
     assert response.status_code == 202
     body = response.json()
-    assert body["status"] == 202 and isinstance(body["message"], str)
+    assert body["status"] == 202
+    assert isinstance(body["message"], str)
     assert api.sim.events == [EXAMPLE]
 
 
@@ -107,7 +108,8 @@ def test_fingerprint_and_ip_must_come_together(api: Api, given: dict[str, str], 
     response = api.track({"event_name": "lead_generated", **given})
     errors = errors_of(response)
     assert missing in errors
-    assert "fingerprint" in errors[missing][0] and "ip" in errors[missing][0]
+    assert "fingerprint" in errors[missing][0]
+    assert "ip" in errors[missing][0]
     # ... even when another identification method is present (reference: "and vice versa").
     assert missing in errors_of(api.track({"event_name": "lead_generated", **EMAIL, **given}))
 
@@ -191,7 +193,8 @@ def test_boolean_fields(api: Api, field: str) -> None:
     assert api.track(_event(**{field: False})).status_code == 202
     for value in ("true", 1, "yes"):
         errors = errors_of(api.track(_event(**{field: value})))
-        assert field in errors and "true or false" in errors[field][0]
+        assert field in errors
+        assert "true or false" in errors[field][0]
 
 
 def test_every_documented_field_together_is_accepted(api: Api) -> None:
@@ -274,7 +277,8 @@ def test_repeated_idempotency_key_is_accepted_but_stored_once(api: Api) -> None:
 def test_repeated_order_id_is_a_duplicate(api: Api) -> None:
     assert api.track(_event(order_id="ORD-12345", idempotency_key="a")).status_code == 202
     response = api.track(_event(order_id="ORD-12345", idempotency_key="b", amount=5))
-    assert response.status_code == 202 and response.json()["duplicate"] is True
+    assert response.status_code == 202
+    assert response.json()["duplicate"] is True
     assert [e["idempotency_key"] for e in api.sim.events] == ["a"]
     assert api.sim.duplicates == 1
 
@@ -284,7 +288,15 @@ def test_distinct_keys_and_orders_are_all_stored_in_order(api: Api) -> None:
         assert api.track(_event(order_id=f"ORD-{i}", idempotency_key=f"k-{i}")).status_code == 202
     assert api.track(_event()).status_code == 202  # neither key nor order: never a duplicate
     assert api.track(_event()).status_code == 202
-    assert [e.get("order_id") for e in api.sim.events] == ["ORD-0", "ORD-1", "ORD-2", "ORD-3", "ORD-4", None, None]
+    assert [e.get("order_id") for e in api.sim.events] == [
+        "ORD-0",
+        "ORD-1",
+        "ORD-2",
+        "ORD-3",
+        "ORD-4",
+        None,
+        None,
+    ]
     assert api.sim.duplicates == 0
 
 
