@@ -3,8 +3,8 @@
 Loaded by every pytest run once the provider is installed, so it stays import-light: it and the
 simulator import only the standard library (and pytest), never Airflow.
 
-Configure the simulator per test with a marker, or for a module / package by overriding the
-``cometly_simulator_config`` fixture (the marker wins)::
+Configure the simulator with ``cometly_simulator`` markers (on a test, class or module: the
+closest wins per option), or by overriding the ``cometly_simulator_config`` fixture (markers win)::
 
     @pytest.mark.cometly_simulator(window_seconds=1.0, export_rows=50)
     def test_something(cometly_simulator):
@@ -44,8 +44,8 @@ def cometly_simulator(
     from cometly_provider.testing.simulator import run_simulator
 
     options = dict(cometly_simulator_config)
-    marker = request.node.get_closest_marker("cometly_simulator")
-    if marker is not None:
+    # Markers merge from the farthest (module / class) to the closest (the test itself).
+    for marker in reversed(list(request.node.iter_markers("cometly_simulator"))):
         if marker.args:
             raise pytest.UsageError("@pytest.mark.cometly_simulator takes keyword options only")
         options.update(marker.kwargs)
