@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import hmac
@@ -233,7 +234,7 @@ class CometlySimulator:
         self._server = _Server((self.config.host, self.config.port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
+            kwargs={"poll_interval": 0.1},
             name="cometly-simulator",
             daemon=True,
         )
@@ -244,7 +245,12 @@ class CometlySimulator:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        stopper = threading.Thread(target=server.shutdown, name="cometly-simulator-stop", daemon=True)
+        stopper.start()
+        # Wake the accept loop now instead of at its next poll: makes stop() (each test's teardown) fast.
+        with contextlib.suppress(OSError), socket.create_connection(self._connect_address(server), timeout=1):
+            pass
+        stopper.join()
         server.server_close()
         server.close_connections()
         if self._thread is not None:
@@ -258,6 +264,13 @@ class CometlySimulator:
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+    @staticmethod
+    def _connect_address(server: _Server) -> tuple[str, int]:
+        host, port = server.server_address[:2]
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is reached through loopback
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"  # noqa: S104
+        return str(host), int(port)
 
     def __enter__(self) -> CometlySimulator:
         return self.start() if self._server is None else self
@@ -277,11 +290,13 @@ class CometlySimulator:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (the host the server is bound to)."""
-        host = self.config.host
+        """``http://127.0.0.1:PORT`` (the bound host; loopback for a wildcard bind)."""
+        if self._server is None:
+            raise RuntimeError("simulator is not running")
+        host, port = self._connect_address(self._server)
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
     @property
     def api_base(self) -> str:
@@ -753,6 +768,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and the
     # client's delayed ACK add ~40 ms to every keep-alive request.
     disable_nagle_algorithm = True
+    _pending: RequestRecord | None = None
+    _fault_kind: str | None = None
     timeout = 300  # idle keep-alive connections are dropped after this
     server: _Server
 
@@ -864,34 +881,37 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
         self.close_connection = True
 
-    def _record(
-        self,
-        endpoint: str,
-        status: int | None,
-        path: str,
-        query: str,
-        json_body: Any,
-        fault: str | None = None,
-        started: float | None = None,
-    ) -> None:
-        self.sim._record(
-            RequestRecord(
-                timestamp=started if started is not None else time.time(),
-                method=self.command,
-                path=path,
-                endpoint=endpoint,
-                status=status,
-                headers=dict(self.headers.items()),
-                json=json_body,
-                query=query,
-                fault=fault,
-            )
+    def _expect_record(self, endpoint: str, path: str, query: str, json_body: Any, started: float) -> None:
+        """Record this request (with its status) when the response starts, see ``send_response``."""
+        self._pending = RequestRecord(
+            timestamp=started,
+            method=self.command,
+            path=path,
+            endpoint=endpoint,
+            status=None,
+            headers=dict(self.headers.items()),
+            json=None if json_body is _INVALID else json_body,
+            query=query,
         )
+
+    def _flush_record(self, status: int | None, fault: str | None = None) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            fault = fault or self._fault_kind
+            self.sim._record(dataclasses.replace(pending, status=status, fault=fault))
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Recorded before the first byte goes out, so a client that got a response always finds
+        # its request in ``sim.requests``.
+        self._flush_record(code)
+        super().send_response(code, message)
 
     # --- routing ----------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
         started = time.time()
+        self._pending = None
+        self._fault_kind = None
         split = urlsplit(self.path)
         path, query = split.path, split.query
         body = self._read_body()
@@ -939,13 +959,15 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 status, message = 404, f"The route {path.lstrip('/')} could not be found."
+            self._expect_record("unknown", path, query, _try_json(body), started)
             self._send_json(status, {"message": message})
-            self._record("unknown", status, path, query, _try_json(body), started=started)
             return
 
         json_body = _try_json(body)
+        self._expect_record(endpoint, path, query, json_body, started)
         delay, fault = sim._match_fault(endpoint)
         if delay:
+            self._fault_kind = "delay"
             time.sleep(delay)
 
         token = _bearer(self.headers.get("Authorization"))
@@ -957,7 +979,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
         if fault is not None:
-            self._apply_api_fault(fault, endpoint, bucket, path, query, json_body, started)
+            self._apply_api_fault(fault, endpoint, bucket)
             return
 
         rate = sim._hit(bucket, endpoint)
@@ -965,19 +987,15 @@ class _Handler(BaseHTTPRequestHandler):
         if rate.retry_after is not None:
             headers["Retry-After"] = str(rate.retry_after)
             headers["X-RateLimit-Reset"] = str(math.ceil(time.time()) + rate.retry_after)
-            self._finish(
-                429, {"message": "Too Many Attempts."}, headers, endpoint, path, query, json_body, started
-            )
+            self._finish(429, {"message": "Too Many Attempts."}, headers)
             return
 
         if not known:
-            self._finish(
-                401, {"message": "Unauthenticated."}, headers, endpoint, path, query, json_body, started
-            )
+            self._finish(401, {"message": "Unauthenticated."}, headers)
             return
         if token != sim.config.api_key:
             message = "This action is unauthorized: the subscription for this API key is inactive."
-            self._finish(403, {"message": message}, headers, endpoint, path, query, json_body, started)
+            self._finish(403, {"message": message}, headers)
             return
 
         if endpoint == "export_status":
@@ -990,7 +1008,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, payload = 404, {"message": "Export not found."}
             else:
                 status, payload = 200, sim._status_body(export)
-            self._finish(status, payload, headers, endpoint, path, query, None, started)
+            self._finish(status, payload, headers)
             return
 
         # POST endpoints: a JSON object body is required.
@@ -1002,14 +1020,14 @@ class _Handler(BaseHTTPRequestHandler):
                     "body": ["The request body must be JSON sent with Content-Type: application/json."]
                 },
             }
-            self._finish(422, payload, headers, endpoint, path, query, None, started)
+            self._finish(422, payload, headers)
             return
         if json_body is _INVALID:
             payload = {
                 "message": "The request body is not valid JSON.",
                 "errors": {"body": ["The request body is not valid JSON."]},
             }
-            self._finish(422, payload, headers, endpoint, path, query, None, started)
+            self._finish(422, payload, headers)
             return
         data = {} if json_body is None else json_body
         if not isinstance(data, dict):
@@ -1017,60 +1035,36 @@ class _Handler(BaseHTTPRequestHandler):
                 "message": "The request body must be a JSON object.",
                 "errors": {"body": ["The request body must be a JSON object."]},
             }
-            self._finish(422, payload, headers, endpoint, path, query, json_body, started)
+            self._finish(422, payload, headers)
             return
 
         if endpoint == "track":
             errors = validate_track(data)
             if errors:
-                self._finish(422, errors.body(), headers, endpoint, path, query, data, started)
+                self._finish(422, errors.body(), headers)
             elif sim._store_event(dict(data)):
                 payload = {"status": 202, "message": "Event queued for processing."}
-                self._finish(202, payload, headers, endpoint, path, query, data, started)
+                self._finish(202, payload, headers)
             else:
                 payload = {"status": 202, "message": "Duplicate event ignored.", "duplicate": True}
-                self._finish(202, payload, headers, endpoint, path, query, data, started)
+                self._finish(202, payload, headers)
             return
 
         errors = validate_export(data)
         if errors:
-            self._finish(422, errors.body(), headers, endpoint, path, query, data, started)
+            self._finish(422, errors.body(), headers)
             return
         export_id = sim._create_export(data)
-        self._finish(
-            202, {"export_id": export_id, "status": "queued"}, headers, endpoint, path, query, data, started
-        )
+        self._finish(202, {"export_id": export_id, "status": "queued"}, headers)
 
-    def _finish(
-        self,
-        status: int,
-        payload: Any,
-        headers: dict[str, str],
-        endpoint: str,
-        path: str,
-        query: str,
-        json_body: Any,
-        started: float,
-    ) -> None:
+    def _finish(self, status: int, payload: Any, headers: dict[str, str]) -> None:
         self._send_json(status, payload, headers)
-        self._record(
-            endpoint, status, path, query, None if json_body is _INVALID else json_body, started=started
-        )
 
-    def _apply_api_fault(
-        self,
-        fault: FaultRule,
-        endpoint: str,
-        bucket: str,
-        path: str,
-        query: str,
-        json_body: Any,
-        started: float,
-    ) -> None:
-        body = None if json_body is _INVALID else json_body
+    def _apply_api_fault(self, fault: FaultRule, endpoint: str, bucket: str) -> None:
+        self._fault_kind = fault.kind
         if fault.kind == "reset":
+            self._flush_record(None)
             self._reset_connection()
-            self._record(endpoint, None, path, query, body, fault="reset", started=started)
             return
         # "status": answer without processing or counting the request.
         params = fault.params
@@ -1088,26 +1082,27 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             message = params.get("message") or _STATUS_MESSAGES.get(code) or _phrase(code)
             self._send_json(code, {"message": message}, headers)
-        self._record(endpoint, code, path, query, body, fault="status", started=started)
 
     # --- presigned downloads ------------------------------------------------------------------------
 
     def _handle_download(self, path: str, query: str, started: float) -> None:
         sim = self.sim
+        self._expect_record("download", path, query, None, started)
         if self.command not in ("GET", "HEAD"):
             self._send(
                 405, _s3_error("MethodNotAllowed", "The specified method is not allowed."), "application/xml"
             )
-            self._record("download", 405, path, query, None, started=started)
             return
         delay, fault = sim._match_fault("download")
         if delay:
+            self._fault_kind = "delay"
             time.sleep(delay)
         kind = fault.kind if fault is not None else None
+        self._fault_kind = kind or self._fault_kind
 
         if kind == "reset":
+            self._flush_record(None)
             self._reset_connection()
-            self._record("download", None, path, query, None, fault="reset", started=started)
             return
         if fault is not None and kind == "status":
             code = int(fault.params.get("code", 500))
@@ -1117,17 +1112,14 @@ class _Handler(BaseHTTPRequestHandler):
             message = str(fault.params.get("message") or _phrase(code))
             error_code = {500: "InternalError", 503: "SlowDown"}.get(code, "ServiceUnavailable")
             self._send(code, _s3_error(error_code, message), "application/xml", headers)
-            self._record("download", code, path, query, None, fault="status", started=started)
             return
         if kind == "expire":
             self._send(403, _s3_error("AccessDenied", "Request has expired"), "application/xml")
-            self._record("download", 403, path, query, None, fault="expire", started=started)
             return
 
         refused = sim._verify(path, query)
         if refused is not None:
             self._send(refused[0], refused[1], "application/xml")
-            self._record("download", refused[0], path, query, None, started=started)
             return
         match = _DOWNLOAD_RE.fullmatch(path)
         with sim._lock:
@@ -1136,11 +1128,9 @@ class _Handler(BaseHTTPRequestHandler):
         file = job.file if job is not None and job.done.is_set() else None
         if file is None:
             self._send(404, _s3_error("NoSuchKey", "The specified key does not exist."), "application/xml")
-            self._record("download", 404, path, query, None, started=started)
             return
         cut = int(fault.params.get("at_byte", 0)) if fault is not None and kind == "cut" else None
-        status = self._serve_file(file, cut)
-        self._record("download", status, path, query, None, fault=kind, started=started)
+        self._serve_file(file, cut)
 
     def _serve_file(self, file: ExportFile, cut: int | None) -> int:
         size = file.size
