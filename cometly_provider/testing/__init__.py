@@ -10,6 +10,8 @@ the standard library only and never imports Airflow.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cometly_provider.testing._client import SimulatorClient, SimulatorError, spawn_simulator
 from cometly_provider.testing._models import (
     DEFAULT_RATE_LIMITS,
@@ -21,7 +23,9 @@ from cometly_provider.testing._models import (
     RequestRecord,
     SimulatorConfig,
 )
-from cometly_provider.testing.simulator import CometlySimulator, run_simulator
+
+if TYPE_CHECKING:
+    from cometly_provider.testing.simulator import CometlySimulator, run_simulator
 
 __all__ = [
     "DEFAULT_RATE_LIMITS",
@@ -38,3 +42,13 @@ __all__ = [
     "run_simulator",
     "spawn_simulator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that ``python -m cometly_provider.testing.simulator`` does not find its own module
+    # already imported by this package (runpy warns about that).
+    if name in ("CometlySimulator", "run_simulator"):
+        from cometly_provider.testing import simulator
+
+        return getattr(simulator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
