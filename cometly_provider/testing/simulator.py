@@ -972,11 +972,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         token = _bearer(self.headers.get("Authorization"))
         known = token is not None and (token == sim.config.api_key or token in sim.config.inactive_api_keys)
-        bucket = (
-            f"key:{hashlib.sha256(token.encode()).hexdigest()}"
-            if known and token
-            else (f"ip:{self.client_address[0]}")
-        )
+        # Laravel throttles a known key's Space, and anonymous callers by IP.
+        if known and token is not None:
+            bucket = "key:" + hashlib.sha256(token.encode()).hexdigest()
+        else:
+            bucket = f"ip:{self.client_address[0]}"
 
         if fault is not None:
             self._apply_api_fault(fault, endpoint, bucket)
@@ -1003,7 +1003,7 @@ class _Handler(BaseHTTPRequestHandler):
             assert match is not None
             raw_id = match.group(1)
             with sim._lock:
-                export = sim._exports.get(int(raw_id)) if raw_id.isdigit() else None
+                export = sim._exports.get(int(raw_id)) if raw_id.isascii() and raw_id.isdigit() else None
             if export is None:
                 status, payload = 404, {"message": "Export not found."}
             else:
