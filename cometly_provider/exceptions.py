@@ -73,3 +73,11 @@ class CometlyDownloadError(CometlyError):
 
 class CometlyDownloadExpiredError(CometlyDownloadError):
     """The presigned URL answered 403: it has expired (or its signature is invalid)."""
+
+
+class CometlyDownloadRangeIgnoredError(CometlyDownloadError):
+    """A download resumed from a byte offset, but the server ignored ``Range`` and sent the whole file."""
+
+
+class CometlyDownloadIntegrityError(CometlyDownloadError):
+    """The downloaded bytes are not a complete, valid gzip stream (corrupt, truncated or trailing data)."""

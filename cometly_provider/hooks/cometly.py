@@ -27,6 +27,7 @@ from cometly_provider.exceptions import (
     CometlyConnectionError,
     CometlyDownloadError,
     CometlyDownloadExpiredError,
+    CometlyDownloadRangeIgnoredError,
     CometlyError,
     CometlyInputError,
     CometlyNotFoundError,
@@ -515,7 +516,7 @@ class CometlyHook(BaseHook):
                     )
                 if offset and response.status_code != 206:
                     response.close()
-                    raise CometlyDownloadError(
+                    raise CometlyDownloadRangeIgnoredError(
                         f"Cometly {where}: asked for bytes from {offset} but the server ignored Range "
                         f"(HTTP {response.status_code})"
                     )
