@@ -1,0 +1,355 @@
+"""Stream an export from its presigned URL into a writer: gzip integrity, record count, sha256, resume.
+
+The pieces, in the order the bytes flow through them::
+
+    hook.open_download(url, offset)  ->  GzipVerifier (CRC/length, records)  ->  sha256  ->  writer
+
+:class:`ExportTransfer` owns the loop. It never holds more than one download chunk and one bounded
+piece of decompressed output at a time; the writer bounds its own part buffers (see
+:mod:`cometly_provider.utils.storage`). A cut connection or an expired URL resumes with ``Range``
+from the exact byte already consumed, so the verifier, hash and writer simply carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cometly_provider.exceptions import (
+    CometlyDownloadError,
+    CometlyDownloadExpiredError,
+    CometlyDownloadIntegrityError,
+    CometlyDownloadRangeIgnoredError,
+)
+
+MB = 1_000_000
+MiB = 1024 * 1024
+#: Bytes asked of the HTTP response per read.
+DEFAULT_CHUNK_SIZE = 1 * MiB
+#: Upper bound on one piece of decompressed output, whatever the compression ratio.
+DEFAULT_MAX_PIECE = 1 * MiB
+
+
+class GzipVerifier:
+    """Check that raw bytes form a complete gzip stream and count its NDJSON records.
+
+    :meth:`feed` yields the decompressed data in pieces of at most ``max_piece`` bytes (zlib's
+    ``max_length``), so a gzip bomb cannot blow memory. :meth:`finish` fails unless the stream
+    reached its end marker, which is where zlib checks the CRC-32 and length of each member.
+    Concatenated members (valid gzip) are accepted; any other bytes after the end are not.
+
+    Records are newlines, plus one for a last line without a trailing newline.
+    """
+
+    def __init__(self, *, max_piece: int = DEFAULT_MAX_PIECE) -> None:
+        if max_piece < 1:
+            raise ValueError(f"max_piece must be >= 1, got {max_piece!r}")
+        self.max_piece = max_piece
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.members = 0
+        self.compressed_bytes = 0
+        self.decompressed_bytes = 0
+        self._newlines = 0
+        self._open_line = False  # the data so far ends in the middle of a line
+
+    @property
+    def records(self) -> int:
+        return self._newlines + (1 if self._open_line else 0)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        """Decompress ``data``; yields bounded pieces of output (consume them before the next feed)."""
+        position = self.compressed_bytes
+        self.compressed_bytes += len(data)
+        pending: bytes | bytearray | memoryview = data
+        while pending:
+            if self._inflater.eof:
+                # The previous member ended: what follows must be another complete member.
+                self.members += 1
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                position = self.compressed_bytes - len(pending)
+            try:
+                out = self._inflater.decompress(pending, self.max_piece)
+            except zlib.error as err:
+                where = "after the end of the gzip stream" if self.members else "in the gzip stream"
+                raise CometlyDownloadIntegrityError(
+                    f"export download is not valid gzip: bad data {where} near byte {position} ({err})"
+                ) from None
+            if out:
+                self._account(out)
+                yield out
+            pending = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
+
+    def finish(self) -> Iterator[bytes]:
+        """Flush the last output and check the stream is complete; raises if it is not."""
+        if self.compressed_bytes == 0:
+            raise CometlyDownloadIntegrityError("export download is empty: expected a gzip stream")
+        # All input is consumed by now, so only a few bytes of output can still be pending.
+        out = self._inflater.flush()
+        if out:
+            self._account(out)
+            yield out
+        if not self._inflater.eof:
+            raise CometlyDownloadIntegrityError(
+                f"export download is truncated: the gzip stream stops after {self.compressed_bytes} bytes, "
+                "before its end marker (CRC and length unchecked)"
+            )
+        self.members += 1
+
+    def _account(self, out: bytes) -> None:
+        self.decompressed_bytes += len(out)
+        self._newlines += out.count(b"\n")
+        self._open_line = out[-1:] != b"\n"
+
+
+class Log(Protocol):
+    """The logging calls used here: satisfied by ``logging.Logger`` and Airflow's task logger."""
+
+    def info(self, msg: Any, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: Any, /, *args: Any) -> Any: ...
+
+    def exception(self, msg: Any, /, *args: Any) -> Any: ...
+
+
+class SourceStream(Protocol):
+    """What :class:`ExportTransfer` needs of an open download (the hook's ``DownloadStream``)."""
+
+    total_size: int | None
+    etag: str | None
+
+    def iter_chunks(self, chunk_size: int = ...) -> Iterator[bytes]: ...
+
+
+class Writer(Protocol):
+    """A destination object being written; see :mod:`cometly_provider.utils.storage`."""
+
+    bytes_written: int
+
+    def set_size_hint(self, size: int | None) -> None: ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+OpenDownload = Callable[[str, int], AbstractContextManager[SourceStream]]
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    bytes_downloaded: int
+    bytes_written: int
+    records: int
+    sha256: str
+    duration_s: float
+    resumes: int
+    restarts: int
+
+    @property
+    def mb_per_s(self) -> float:
+        """MB (10**6 bytes) of destination object written per second."""
+        return self.bytes_written / MB / self.duration_s if self.duration_s > 0 else 0.0
+
+
+class _SourceChanged(Exception):
+    """The resumed response belongs to a different file (ETag or size changed)."""
+
+
+class ExportTransfer:
+    """Copy one export from its presigned URL into ``writer``, verifying and hashing on the way.
+
+    :param open_download: ``hook.open_download`` (called as ``open_download(url, offset)``).
+    :param writer: the destination; committed only after the gzip stream checked out complete.
+    :param refresh_url: returns a fresh presigned URL (from the export id), or None if unknown.
+    :param decompress: write the decompressed NDJSON instead of the gzip bytes as served.
+    :param max_resume_attempts: resumptions allowed after cuts, expiries and restarts, in total.
+    :param progress_interval: seconds between progress log lines.
+    :param resume_wait: seconds before the first resumption; doubles each time, capped at 30 s.
+    """
+
+    def __init__(
+        self,
+        *,
+        open_download: OpenDownload,
+        writer: Writer,
+        refresh_url: Callable[[], str] | None = None,
+        decompress: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_piece: int = DEFAULT_MAX_PIECE,
+        max_resume_attempts: int = 5,
+        progress_interval: float = 10.0,
+        resume_wait: float = 0.5,
+        log: Log | None = None,
+    ) -> None:
+        self._open_download = open_download
+        self._writer = writer
+        self._refresh_url = refresh_url
+        self.decompress = decompress
+        self.chunk_size = chunk_size
+        self.max_piece = max_piece
+        self.max_resume_attempts = max_resume_attempts
+        self.progress_interval = progress_interval
+        self.resume_wait = resume_wait
+        self.log: Log = log or logging.getLogger(__name__)
+        self._started = self._next_progress = 0.0
+        self._total: int | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._verifier = GzipVerifier(max_piece=self.max_piece)
+        self._hash = hashlib.sha256()
+        self._offset = 0
+
+    def run(self, url: str) -> TransferResult:
+        started = time.monotonic()
+        self._next_progress = started + self.progress_interval
+        self._started = started
+        attempts = restarts = 0
+        total: int | None = None
+        etag: str | None = None
+        try:
+            while True:
+                phase = "open"
+                try:
+                    with self._open_download(url, self._offset) as stream:
+                        phase = "stream"
+                        if self._offset == 0:
+                            total, etag = stream.total_size, stream.etag
+                            self._writer.set_size_hint(total)
+                        elif (stream.etag and etag and stream.etag != etag) or (
+                            stream.total_size is not None and total is not None and stream.total_size != total
+                        ):
+                            raise _SourceChanged
+                        self._total = total
+                        for chunk in stream.iter_chunks(self.chunk_size):
+                            self._consume(chunk)
+                    if total is not None and self._offset < total:
+                        raise CometlyDownloadError(
+                            f"the connection closed after {self._offset} of {total} bytes"
+                        )
+                    if total is not None and self._offset > total:
+                        raise CometlyDownloadIntegrityError(
+                            f"export download sent {self._offset} bytes, more than its size {total}"
+                        )
+                    break
+                except CometlyDownloadIntegrityError:
+                    raise
+                except CometlyDownloadExpiredError as err:
+                    attempts = self._count_attempt(attempts, err, "the presigned URL expired")
+                    if self._refresh_url is None:
+                        raise CometlyDownloadExpiredError(
+                            f"{err} No export_id was given, so no fresh URL can be requested: pass "
+                            "export_id to let the download renew its URL.",
+                            status_code=err.status_code,
+                        ) from None
+                    url = self._refresh_url()
+                except (CometlyDownloadRangeIgnoredError, _SourceChanged) as err:
+                    why = (
+                        "the file changed since the download started"
+                        if isinstance(err, _SourceChanged)
+                        else "the server ignored the Range header"
+                    )
+                    attempts = self._count_attempt(attempts, err, why, restart=True)
+                    restarts += 1
+                    self._writer.restart()
+                    self._reset_state()
+                except CometlyDownloadError as err:
+                    if phase != "stream":
+                        raise  # refused before any byte came (404, 416...): resuming cannot help
+                    attempts = self._count_attempt(attempts, err, "the download was cut")
+                    if self._refresh_url is not None:
+                        url = self._refresh_url()  # the old URL may be about to expire
+            if self._verifier.compressed_bytes == 0 and total == 0:
+                self.log.warning("The export download is empty (0 bytes): writing an empty object")
+            else:
+                self._write_output(self._verifier.finish())
+            self._writer.commit()
+        except BaseException:
+            self._abort_quietly()
+            raise
+        duration = max(time.monotonic() - started, 1e-9)
+        return TransferResult(
+            bytes_downloaded=self._offset,
+            bytes_written=self._writer.bytes_written,
+            records=self._verifier.records,
+            sha256=self._hash.hexdigest(),
+            duration_s=duration,
+            resumes=attempts,
+            restarts=restarts,
+        )
+
+    def _consume(self, chunk: bytes) -> None:
+        pieces = self._verifier.feed(chunk)
+        if self.decompress:
+            self._write_output(pieces)
+        else:
+            for _ in pieces:
+                pass  # decompressed only to verify; the gzip bytes are what lands
+            self._hash.update(chunk)
+            self._writer.write(chunk)
+        # Counted only once the whole chunk went through: a cut resumes exactly after it.
+        self._offset += len(chunk)
+        now = time.monotonic()
+        if now >= self._next_progress:
+            self._next_progress = now + self.progress_interval
+            self._log_progress(now)
+
+    def _write_output(self, pieces: Iterator[bytes]) -> None:
+        if not self.decompress:
+            for _ in pieces:
+                pass
+            return
+        for piece in pieces:
+            self._hash.update(piece)
+            self._writer.write(piece)
+
+    def _log_progress(self, now: float) -> None:
+        elapsed = max(now - self._started, 1e-9)
+        done = self._offset / MB
+        total = self._total
+        of = f" of {total / MB:.1f} MB ({100.0 * self._offset / total:.0f}%)" if total else ""
+        self.log.info(
+            "Export download: %.1f MB%s downloaded, %.1f MB written, %.1f MB/s, %d records so far",
+            done,
+            of,
+            self._writer.bytes_written / MB,
+            done / elapsed,
+            self._verifier.records,
+        )
+
+    def _count_attempt(self, attempts: int, err: BaseException, why: str, *, restart: bool = False) -> int:
+        attempts += 1
+        if attempts > self.max_resume_attempts:
+            raise CometlyDownloadError(
+                f"export download failed at byte {self._offset}: {why} and the "
+                f"{self.max_resume_attempts} resume attempt(s) allowed (max_resume_attempts) are used up"
+            ) from err
+        self.log.warning(
+            "Export download interrupted at byte %d (%s: %s); attempt %d/%d: %s",
+            self._offset,
+            why,
+            err,
+            attempts,
+            self.max_resume_attempts,
+            "restarting from byte 0" if restart else f"resuming from byte {self._offset}",
+        )
+        wait = min(self.resume_wait * 2 ** (attempts - 1), 30.0)
+        if wait > 0:
+            time.sleep(wait)
+        return attempts
+
+    def _abort_quietly(self) -> None:
+        try:
+            self._writer.abort()
+        except Exception:  # the original failure matters more; abort failures are logged
+            self.log.exception("Could not clean up the partial destination object")
