@@ -117,3 +117,20 @@ def gcs_emulator() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def gcs_conn(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``google_cloud_default`` with anonymous credentials, the GCS client aimed at the emulator."""
+    # google-cloud-storage sends every request to STORAGE_EMULATOR_HOST when it is set.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "google_cloud_platform",
+                "extra": {"is_anonymous": True, "project": "test-project"},
+            }
+        ),
+    )
+    return gcs_emulator
