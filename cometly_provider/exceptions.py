@@ -10,7 +10,11 @@ Errors that no retry can fix (bad key, bad input, 4xx validation) derive from
 
 from __future__ import annotations
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+)
 
 
 class CometlyError(AirflowException):
@@ -65,6 +69,11 @@ class CometlyExportFailedError(CometlyError):
 
 class CometlyExportTimeoutError(CometlyError):
     """The export did not complete before the sensor / operator timeout."""
+
+
+class CometlyExportSensorTimeout(CometlyExportTimeoutError, AirflowSensorTimeout):
+    """A sensor's timeout: also an ``AirflowSensorTimeout``, so Airflow fails it without retries
+    (and ``soft_fail`` skips it) in every mode, deferrable included."""
 
 
 class CometlyDownloadError(CometlyError):
