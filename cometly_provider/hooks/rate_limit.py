@@ -33,6 +33,8 @@ DEFAULT_LIMITS: Mapping[str, int] = {
     "list": 7,
 }
 DEFAULT_WINDOW_SECONDS = 60.0
+#: How often a request held by the server-budget gate re-checks whether the gate has reopened.
+_GATE_RECHECK_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,18 @@ class _ServerBudget:
                 self._reset_at = now + self.window
             elif now >= self._reset_at:
                 self._reset_at += math.ceil((now - self._reset_at) / self.window) * self.window
+                if remaining <= self.reserve:
+                    # Most likely a late answer from the window that just ended: holding a whole
+                    # window on it stalls the sender. If the new window really is spent, the next
+                    # request's 429 and Retry-After say so exactly.
+                    self._remaining = None
+                    return
             self._remaining = remaining
+
+    def holding(self) -> bool:
+        """Whether the last answer said the budget is (nearly) spent; no side effects."""
+        with self._lock:
+            return self._remaining is not None and self._remaining <= self.reserve
 
     def delay(self) -> float:
         """Seconds to hold the next request (0 when the server still has budget for us)."""
@@ -124,13 +137,18 @@ class EndpointRateLimiter:
     def acquire(self) -> None:
         """Block the calling thread until a request may be sent."""
         while (delay := self._server.delay()) > 0:
-            time.sleep(delay)
+            end = time.monotonic() + delay
+            # In slices: an answer showing a fresh server window (another thread's) ends the wait.
+            while self._server.holding() and (left := end - time.monotonic()) > 0:
+                time.sleep(min(left, _GATE_RECHECK_SECONDS))
         self._local.try_acquire(self.endpoint, blocking=True)
 
     async def acquire_async(self) -> None:
         """Wait, without blocking the event loop, until a request may be sent."""
         while (delay := self._server.delay()) > 0:
-            await asyncio.sleep(delay)
+            end = time.monotonic() + delay
+            while self._server.holding() and (left := end - time.monotonic()) > 0:
+                await asyncio.sleep(min(left, _GATE_RECHECK_SECONDS))
         if self._async_local is None:
             # pyrate-limiter's async path must not share a bucket with blocking callers.
             self._async_local = Limiter(

@@ -1,0 +1,39 @@
+"""The X-RateLimit-Remaining gate must not stall a sender for a whole window on stale information."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cometly_provider.hooks.rate_limit import EndpointRateLimiter, _ServerBudget
+
+
+def test_late_low_answer_after_the_estimated_reset_does_not_hold_a_window() -> None:
+    budget = _ServerBudget(limit=100, window_seconds=0.3)
+    budget.observe(50)
+    budget.observe(2)
+    assert budget.delay() > 0  # spent: hold until the estimated reset
+    time.sleep(0.35)
+    # An answer from the window that just ended arrives after the estimated reset.
+    budget.observe(1)
+    assert budget.delay() == 0
+    assert not budget.holding()
+
+
+def test_held_request_resumes_when_another_answer_shows_a_fresh_window() -> None:
+    limiter = EndpointRateLimiter("track", limit=100, window_seconds=30.0)
+    limiter.observe(50)
+    limiter.observe(1)  # the gate now holds requests for about 30 s
+    done = threading.Event()
+
+    def acquire() -> None:
+        limiter.acquire()
+        done.set()
+
+    thread = threading.Thread(target=acquire, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    assert not done.is_set()
+    limiter.observe(99)  # another thread's answer: the server's window rolled over
+    assert done.wait(10), "the held request kept sleeping although the server reported a fresh window"
+    thread.join(5)
