@@ -101,3 +101,19 @@ def task_states(dag: str, run_id: str) -> dict[tuple[str, int], str]:
     with create_session() as session:
         rows = session.query(TaskInstance).filter_by(dag_id=dag, run_id=run_id).all()
         return {(ti.task_id, ti.map_index): str(ti.state) for ti in rows}
+
+
+def run_dag(dag: Any, logical_date: dt.datetime = dt.datetime(2024, 1, 15, tzinfo=dt.UTC)) -> Any:
+    """``dag.test()`` for a DAG built in a test.
+
+    Airflow 3's ``dag.test()`` runs the serialized DAG and only finds DAGs of the configured bundle
+    (the DAGs folder) by itself, so the DAG is written to the metadata DB first.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder="/dev/null")
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag.test(logical_date=logical_date)

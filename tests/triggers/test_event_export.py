@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import time
 from typing import Any
 
@@ -72,8 +71,9 @@ def test_end_time_is_wall_clock_epoch_seconds() -> None:
 # --- run() against the simulator -------------------------------------------------------------------
 
 
-def test_run_polls_until_completed_without_blocking_the_loop(sim: Any, caplog: Any) -> None:
-    caplog.set_level(logging.DEBUG)
+def test_run_polls_until_completed_without_blocking_the_loop(
+    sim: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
     sim.update_config(processing_seconds=1.5)  # outlasts the first (1 s delayed) poll
     export_id = support.create_export(sim)
     # Every status response is held back 1 s by the server: a blocking HTTP call on the loop would
@@ -111,7 +111,9 @@ def test_run_polls_until_completed_without_blocking_the_loop(sim: Any, caplog: A
     # At least a second of delayed responses went by, and the loop never stalled for one of them.
     assert ticks[-1] - ticks[0] >= 1.0
     assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.5
-    assert support.signature(export["download_url"]) not in caplog.text
+    out, err = capfd.readouterr()
+    assert f"Cometly export {export_id} completed" in out
+    assert support.signature(export["download_url"]) not in out + err
 
 
 def test_run_reports_a_failed_export_with_the_api_message(sim: Any) -> None:
