@@ -275,7 +275,9 @@ def test_dag_test_reschedule_mode(sim: Any) -> None:
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_dag_test_deferrable_mode(sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dag_test_deferrable_mode(
+    sim: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     # dag.test() runs the trigger inline (Airflow 3); count the runs to prove the task deferred.
     runs: list[int] = []
     original = EventExportTrigger.run
@@ -289,3 +291,7 @@ def test_dag_test_deferrable_mode(sim: Any, monkeypatch: pytest.MonkeyPatch) -> 
     dag_id, run = _run_pipeline({"poke_interval": 0.05, "timeout": 60, "deferrable": True})
     result = _check_result(sim, dag_id, run)
     assert runs == [result["export_id"]]
+    # The triggerer's URL reached the worker through the event; neither side logged its signature.
+    out, err = capfd.readouterr()
+    assert "Deferring until Cometly export" in out
+    assert support.signature(result["download_url"]) not in out + err
