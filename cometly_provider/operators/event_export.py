@@ -86,16 +86,17 @@ class CreateEventExportOperator(BaseOperator):
     failed try created. Instead the operator records the export in an Airflow Variable named
     ``cometly_pending_export__<digest of dag_id, run_id, task_id, map_index>`` right after creating
     it (value: the export id, a digest of the Space and request body, and the task instance it
-    belongs to). A later try of the same task instance in the same run whose request is unchanged
-    reuses that export if it still exists and has not failed, and goes back to waiting for it,
+    belongs to). A later try of the same task instance whose request is unchanged reuses that export
+    if it still exists and has not failed, and waits for it again (with a fresh ``timeout``),
     instead of spending another creation on the same day. The Variable is deleted when the task
-    succeeds, when the export failed or vanished, and when the task fails for good (no retries
-    left, or an error retries cannot fix); only a killed worker on its last try can leave one
-    behind (it holds no secret, and is overwritten or reused by the next run of that task
-    instance). A Variable rather than a custom table or XCom of another task: it lives in the
-    metadata DB every worker and the triggerer reach through the Task SDK, survives the per-try XCom
-    clean-up, and is visible to admins. Without waiting, the task returns right after creation, so
-    nothing is recorded. Set ``reuse_export_on_retry=False`` to always create a new export.
+    succeeds, when the export failed, and when the task fails for good (no retries left, or an
+    error retries cannot fix); only a worker killed on the last try leaves one behind (it holds no
+    secret; a later clear of that task instance reuses or overwrites it). Why a Variable: it lives
+    in the metadata DB that every worker reaches through the Task SDK, survives the per-try XCom
+    clean-up, needs no extra table, and is visible to admins. Without waiting, the task returns
+    right after creation, so nothing is recorded. ``reuse_export_on_retry=False`` always creates a
+    new export. Reading or writing the Variable is best effort: if it fails, the worst case is one
+    more export.
 
     :param date: the day to export (``YYYY-MM-DD``, a date or a datetime); templated, default the
         run's logical date ``{{ ds }}``. One day per export.
