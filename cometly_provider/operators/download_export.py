@@ -10,6 +10,11 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import Asset, BaseOperator
 
+try:
+    from airflow.sdk.exceptions import AirflowTaskTerminated
+except ImportError:  # pragma: no cover - Airflow 3.0
+    from airflow.exceptions import AirflowTaskTerminated  # type: ignore[no-redef,attr-defined]
+
 from cometly_provider.exceptions import CometlyExportFailedError, CometlyInputError
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.utils.redaction import mask_presigned_url, redact_url
@@ -105,6 +110,7 @@ class DownloadEventExportOperator(BaseOperator):
         self.max_concurrency = max_concurrency
         self.max_resume_attempts = max_resume_attempts
         self.hook_params = dict(hook_params or {})
+        self._interruptible = False
         # Fail at parse time for what templates cannot change.
         _check_settings(part_size, max_concurrency, max_resume_attempts, decompress, replace)
 
@@ -135,6 +141,7 @@ class DownloadEventExportOperator(BaseOperator):
             assert export_id is not None
             return _completed_url(hook, export_id)
 
+        self._interruptible = True
         try:
             if url is None:
                 assert export_id is not None
@@ -158,9 +165,11 @@ class DownloadEventExportOperator(BaseOperator):
             )
             result = transfer.run(url)
         except BaseException:
+            self._interruptible = False
             writer.abort()  # also covers a failure before the transfer started
             raise
         finally:
+            self._interruptible = False
             hook.close()
 
         summary: dict[str, Any] = {
@@ -190,6 +199,20 @@ class DownloadEventExportOperator(BaseOperator):
                 {k: summary[k] for k in ("destination", "bytes_written", "records", "sha256", "export_id")}
             )
         return summary
+
+    def on_kill(self) -> None:
+        """Interrupt a running transfer so that its failure path aborts the upload.
+
+        Airflow calls this from the task's SIGTERM handler, in the main thread, and does not stop
+        ``execute`` itself. Raising here unwinds the transfer through ``writer.abort()``, so a killed
+        task leaves no partial object and no orphaned multipart upload. The error is a
+        ``BaseException``, so no ``except Exception`` on the way (urllib3, the hook) can swallow it.
+        """
+        if getattr(self, "_interruptible", False):
+            self._interruptible = False
+            raise AirflowTaskTerminated(
+                "the task was killed during the export download; the upload was aborted"
+            )
 
     def _validated(self) -> tuple[Destination, str | None, int | None]:
         """Check every input before any request; errors name the field and never echo a signature."""

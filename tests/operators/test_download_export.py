@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ import boto3
 import pendulum
 import pytest
 import requests
+from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from cometly_provider.exceptions import (
     CometlyDownloadError,
@@ -32,7 +35,7 @@ from cometly_provider.exceptions import (
 )
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.operators.download_export import DownloadEventExportOperator, default_asset
-from cometly_provider.utils.storage import DestinationExistsError
+from cometly_provider.utils.storage import DestinationExistsError, S3MultipartWriter
 from tests.conftest import free_port
 
 MiB = 1024 * 1024
@@ -431,6 +434,33 @@ def test_bad_inputs_are_rejected_before_any_request(
 def test_bad_settings_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(CometlyInputError, match=fragment.replace("(", r"\(")):
         DownloadEventExportOperator(task_id="t", destination="s3://lake/e.gz", download_url=SIGNED, **kwargs)
+
+
+def test_killed_task_aborts_the_upload(
+    cometly_conn: Any, bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, name = bucket
+    status = _completed(cometly_conn, rows=BIG_ROWS, padding=BIG_PADDING)
+    op = _operator(download_url=status, destination=f"s3://{name}/e.gz", part_size=5 * MiB)
+    # What Airflow's task runner does on SIGTERM: call on_kill() from the signal handler (main thread).
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: op.on_kill())
+    upload_part = S3MultipartWriter._upload_part
+
+    def upload_then_get_killed(self: Any, number: int, offset: int, buffer: bytearray, last: bool) -> Any:
+        result = upload_part(self, number, offset, buffer, last)
+        if number == 1:  # a part is on the server, the download is still going
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    monkeypatch.setattr(S3MultipartWriter, "_upload_part", upload_then_get_killed)
+    try:
+        with pytest.raises(AirflowTaskTerminated, match="killed"):
+            op.execute(_context())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert _uploads(client, name) == []
+    assert _keys(client, name) == []
+    op.on_kill()  # after the task: a no-op
 
 
 # --- a server that misbehaves in ways the simulator does not ----------------------------------------
