@@ -76,8 +76,29 @@ class _OutletEvents(dict[Any, _Event]):
         return event
 
 
+def _disable_gzip_check() -> None:
+    """Diagnostic only: the operator without its gzip check, to show what the check costs."""
+    import cometly_provider.operators.download_export as module
+    from cometly_provider.utils.transfer import ExportTransfer
+
+    class Unverified(ExportTransfer):
+        def _consume(self, chunk: bytes) -> None:
+            self._verifier.compressed_bytes += len(chunk)
+            self._hash.update(chunk)
+            self._writer.write(chunk)
+            self._offset += len(chunk)
+
+        def _write_output(self, pieces: Any) -> None:
+            pass  # not even finish(): nothing was decompressed
+
+    module.ExportTransfer = Unverified  # type: ignore[misc]
+
+
 def child_operator(args: argparse.Namespace) -> dict[str, Any]:
     from cometly_provider.operators.download_export import DownloadEventExportOperator
+
+    if args.no_gzip_check:
+        _disable_gzip_check()
 
     op = DownloadEventExportOperator(
         task_id="download_export",
@@ -100,14 +121,15 @@ def child_operator(args: argparse.Namespace) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = op.execute({"outlet_events": _OutletEvents()})  # type: ignore[arg-type]
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     done.set()
     sampler.join()
     half = len(samples) // 2
     return {
         "elapsed": elapsed,
+        "cpu_s": cpu_s,
         "rss_before_kb": rss_before,
         "result": result,
         "rss_first_half_max_kb": max(samples[:half], default=0),
@@ -129,21 +151,29 @@ def child_http_to_s3(args: argparse.Namespace) -> dict[str, Any]:
         replace=True,
     )
     rss_before = _status_kb("VmRSS")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     op.execute({})  # type: ignore[arg-type]
-    return {"elapsed": time.perf_counter() - started, "rss_before_kb": rss_before}
+    return {
+        "elapsed": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu,
+        "rss_before_kb": rss_before,
+    }
 
 
 def child_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     import boto3
 
     rss_before = _status_kb("VmRSS")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     # The client is made inside the timed window, as the operator's S3 client is.
     client = boto3.client("s3", endpoint_url=args.endpoint)
     with open(args.file, "rb") as handle:
         client.upload_fileobj(handle, BUCKET, args.key)
-    return {"elapsed": time.perf_counter() - started, "rss_before_kb": rss_before}
+    return {
+        "elapsed": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu,
+        "rss_before_kb": rss_before,
+    }
 
 
 def child_objectstorage(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,7 +187,7 @@ def child_objectstorage(args: argparse.Namespace) -> dict[str, Any]:
     path = ObjectStoragePath(f"s3://{BUCKET}/{args.key}", conn_id="aws_default")
     verifier, digest = GzipVerifier(), hashlib.sha256()
     rss_before = _status_kb("VmRSS")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with path.open("wb", block_size=args.part_size) as out, hook.open_download(args.url) as stream:
         for chunk in stream.iter_chunks(MiB):
             for _ in verifier.feed(chunk):
@@ -166,7 +196,7 @@ def child_objectstorage(args: argparse.Namespace) -> dict[str, Any]:
             out.write(chunk)
         for _ in verifier.finish():
             pass
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
 
     # Failure semantics: an exception inside ``with path.open("wb")``.
     probe = ObjectStoragePath(f"s3://{BUCKET}/{args.key}.failure-probe", conn_id="aws_default")
@@ -181,6 +211,7 @@ def child_objectstorage(args: argparse.Namespace) -> dict[str, Any]:
         probe.unlink()
     return {
         "elapsed": elapsed,
+        "cpu_s": cpu_s,
         "rss_before_kb": rss_before,
         "sha256": digest.hexdigest(),
         "partial_object_visible_after_exception": visible,
@@ -250,7 +281,11 @@ def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
 def _child(kind: str, env: dict[str, str], python: str = sys.executable, **options: Any) -> dict[str, Any]:
     command = [python, str(Path(__file__).resolve()), "--child", kind]
     for name, value in options.items():
-        command += [f"--{name.replace('_', '-')}", str(value)]
+        flag = f"--{name.replace('_', '-')}"
+        if value is True:
+            command.append(flag)
+        elif value is not None and value is not False:
+            command += [flag, str(value)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH-RESULT ")]
     if done.returncode or not lines:
@@ -358,6 +393,7 @@ def _row(size: int, what: str, report: dict[str, Any], ceiling: float, **more: A
         "mb_s": report["mb_s"],
         "all_mb_s": report["all_mb_s"],
         "ratio": report["mb_s"] / ceiling,
+        "cpu_s": report["cpu_s"],
         "peak_mb": report["peak_mb"],
         "idle_mb": report["idle_mb"],
         "airflow_mb": report["airflow_mb"],
@@ -387,6 +423,19 @@ def measure(bench: Bench, size_mb: int, configs: list[tuple[int, int]], tmp: Pat
             if report["result"]["sha256"] != sha:
                 raise RuntimeError("operator sha256 differs from the direct download")
             runs.setdefault(f"operator {part_size} {concurrency}", []).append(report)
+        if not args.no_ablation:
+            part_size, concurrency = configs[0]
+            report = bench.run_once(
+                "operator",
+                "unverified.gz",
+                size,
+                url_of=export_id,
+                export_id=export_id,
+                part_size=part_size,
+                max_concurrency=concurrency,
+                no_gzip_check=True,
+            )
+            runs.setdefault("unverified", []).append(report)
         if not args.no_http_to_s3:
             runs.setdefault("http", []).append(
                 bench.run_once("http_to_s3", "http.gz", size, url_of=export_id)
@@ -422,6 +471,11 @@ def measure(bench: Bench, size_mb: int, configs: list[tuple[int, int]], tmp: Pat
                 second_half_mb=max(r["rss_second_half_max_kb"] for r in runs[key]) * 1024 / MB,
             )
         )
+    if "unverified" in runs:
+        what = (
+            f"diagnostic: operator {configs[0][0] // MiB} MiB x {configs[0][1]} with its gzip check disabled"
+        )
+        rows.append(_row(size, what, _summary(runs["unverified"], size), ceiling["mb_s"]))
     rows.append(_row(size, "ceiling: boto3 upload_fileobj from a local file", ceiling, ceiling["mb_s"]))
     if "http" in runs:
         rows.append(
@@ -451,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--osp-python", help="a Python with s3fs, to measure ObjectStoragePath as well")
     parser.add_argument("--no-http-to-s3", action="store_true", help="skip HttpToS3Operator")
     parser.add_argument(
+        "--no-ablation", action="store_true", help="skip the diagnostic run without the gzip check"
+    )
+    parser.add_argument(
         "--no-write-docs", action="store_true", help=f"do not update {DOCS.relative_to(ROOT)}"
     )
     # Child mode (internal).
@@ -459,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--part-size", type=int, default=16 * MiB, help=argparse.SUPPRESS)
     parser.add_argument("--max-concurrency", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--no-gzip-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return run_child(args)
@@ -521,14 +579,15 @@ def main(argv: list[str] | None = None) -> int:
             moto.kill()
 
     table = [
-        "| export (MB gzip) | transfer | MB/s (median) | vs ceiling | runs (MB/s) | peak RSS (MB) "
-        "| RSS before transfer (MB) | RSS after `import airflow.sdk` (MB) |",
-        "|---:|---|---:|---:|---|---:|---:|---:|",
+        "| export (MB gzip) | transfer | MB/s (median) | vs ceiling | runs (MB/s) | CPU s (median run) "
+        "| peak RSS (MB) | RSS before transfer (MB) | RSS after `import airflow.sdk` (MB) |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         table.append(
             f"| {row['size_mb']:.1f} | {row['what']} | {row['mb_s']:.1f} | {row['ratio']:.2f} | "
-            f"{', '.join(map(str, row['all_mb_s']))} | {row['peak_mb']:.0f} | {row['idle_mb']:.0f} | "
+            f"{', '.join(map(str, row['all_mb_s']))} | {row['cpu_s']:.1f} | {row['peak_mb']:.0f} | "
+            f"{row['idle_mb']:.0f} | "
             f"{'-' if row['airflow_mb'] is None else format(row['airflow_mb'], '.0f')} |"
         )
     print("\n".join(table))
