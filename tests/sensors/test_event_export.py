@@ -159,6 +159,7 @@ def test_deferrable_returns_at_once_when_already_completed(sim: Any) -> None:
 
 
 def test_deferrable_defers_to_the_trigger_and_resumes_with_its_event(sim: Any) -> None:
+    sim.update_config(processing_seconds=1.0)
     export_id = support.create_export(sim)
     sensor = _sensor(export_id, deferrable=True, timeout=120, poke_interval=0.001)
     before = time.time()
@@ -256,8 +257,8 @@ def test_dag_test_poke_mode(sim: Any) -> None:
 
 @pytest.mark.usefixtures("airflow_db")
 def test_dag_test_reschedule_mode(sim: Any) -> None:
-    # Processing outlasts a poke, so the sensor must give its slot back at least once.
-    sim.update_config(processing_seconds=1.0)
+    # Processing outlasts the first poke (even on a slow machine): the slot is given back at least once.
+    sim.update_config(processing_seconds=3.0)
     dag_id, run = _run_pipeline({"poke_interval": 0.1, "timeout": 60, "mode": "reschedule"})
     _check_result(sim, dag_id, run)
 
@@ -287,7 +288,7 @@ def test_dag_test_deferrable_mode(
         return original(self)
 
     monkeypatch.setattr(EventExportTrigger, "run", spy)
-    sim.update_config(processing_seconds=1.0)
+    sim.update_config(processing_seconds=3.0)  # still running when the sensor checks before deferring
     dag_id, run = _run_pipeline({"poke_interval": 0.05, "timeout": 60, "deferrable": True})
     result = _check_result(sim, dag_id, run)
     assert runs == [result["export_id"]]
