@@ -90,6 +90,9 @@ class EventExportTrigger(BaseTrigger):
         while True:
             try:
                 outcome = await apoll_export(hook, self.export_id, self.log)
+                if interval is None:
+                    # Known once the first poll loaded the connection (no I/O here).
+                    interval = max(self.poll_interval, poll_interval_floor(hook.rate_limit_policy))
             except CometlyError as err:
                 self.log.error("Cometly export %s: %s", self.export_id, err)
                 yield _event(error_event(self.export_id, err))
@@ -111,7 +114,4 @@ class EventExportTrigger(BaseTrigger):
                 self.log.warning("%s", message)
                 yield _event(timeout_event(self.export_id, message, last))
                 return
-            if interval is None:
-                # The policy is known once the first poll loaded the connection (no I/O here).
-                interval = max(self.poll_interval, poll_interval_floor(hook.rate_limit_policy))
             await asyncio.sleep(min(interval, remaining))
