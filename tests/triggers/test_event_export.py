@@ -211,3 +211,16 @@ def test_poll_interval_is_raised_to_the_floor(sim: Any) -> None:
     events = _events(EventExportTrigger(export_id=export_id, end_time=time.time() + 0.5, poll_interval=0.001))
     assert events[0].payload["status"] == "timeout"
     assert len(sim.requests_for("export_status")) <= 0.5 / 0.05 + 2
+
+
+def test_a_bad_connection_extra_becomes_an_error_event(sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_COMETLY_ODD",
+        support.cometly_conn_uri(sim.base_url, sim.api_key, rate_limits={"export_statuz": 3}),
+    )
+    events = _events(
+        EventExportTrigger(export_id=1, end_time=time.time() + 30, cometly_conn_id="cometly_odd")
+    )
+    assert [e.payload["status"] for e in events] == ["error"]
+    assert "export_statuz" in events[0].payload["message"]
+    assert sim.requests == []
