@@ -13,7 +13,7 @@ from airflow.providers.common.compat.sdk import Asset, BaseOperator
 try:
     from airflow.sdk.exceptions import AirflowTaskTerminated
 except ImportError:  # pragma: no cover - Airflow 3.0
-    from airflow.exceptions import AirflowTaskTerminated  # type: ignore[no-redef,attr-defined]
+    from airflow.exceptions import AirflowTaskTerminated  # type: ignore[no-redef,attr-defined,unused-ignore]
 
 from cometly_provider.exceptions import CometlyExportFailedError, CometlyInputError
 from cometly_provider.hooks.cometly import CometlyHook
