@@ -24,7 +24,7 @@ from cometly_provider.exceptions import (
     CometlyRateLimitError,
     CometlyServerError,
 )
-from cometly_provider.utils.redaction import mask_presigned_url, redact_url
+from cometly_provider.utils.redaction import mask_presigned_url, redact_url, storable_download_url
 
 if TYPE_CHECKING:
     from cometly_provider.hooks.cometly import CometlyHook
@@ -152,14 +152,20 @@ class PollOutcome:
 
 
 def completed_result(export: Mapping[str, Any]) -> dict[str, Any]:
-    """The result dict of a completed export (``download_url`` is registered with the masker)."""
+    """The result dict of a completed export, safe to store: ``download_url`` has no signature.
+
+    The download operator fetches a freshly signed URL from ``export_id`` (which also spares it
+    the 15-minute expiry of the URL this poll saw).
+    """
     url = export.get("download_url")
     if not isinstance(url, str) or not url:
         raise CometlyError(
             f"Cometly export {export.get('export_id')} is completed but its status has no download_url"
         )
     mask_presigned_url(url)
-    return {key: export.get(key) for key in RESULT_KEYS}
+    result = {key: export.get(key) for key in RESULT_KEYS}
+    result["download_url"] = storable_download_url(url, export.get("export_id"))
+    return result
 
 
 def describe(result: Mapping[str, Any]) -> str:

@@ -53,6 +53,21 @@ def signature(url: str) -> str:
     return dict(parse_qsl(urlsplit(url).query))["X-Amz-Signature"]
 
 
+def assert_no_signature(sim: Any, text: str) -> None:
+    """No presigned-URL signature the simulator ever issued appears in ``text``."""
+    issued = sim.issued_signatures
+    assert issued, "the simulator issued no presigned URL: nothing was checked"
+    assert not [s for s in issued if s in text]
+
+
+def assert_stored_url(result: Any, sim: Any, export_id: int) -> None:
+    """The result's download_url as XCom keeps it: no signature, the export id to refresh from."""
+    url = result["download_url"]
+    assert url.startswith(sim.base_url + "/_s3/exports/")
+    assert url.endswith(f".ndjson.gz?<redacted>#cometly_export_id={export_id}")
+    assert_no_signature(sim, url)
+
+
 def dag_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 

@@ -17,7 +17,12 @@ except ImportError:  # pragma: no cover - Airflow 3.0
 
 from cometly_provider.exceptions import CometlyExportFailedError, CometlyInputError
 from cometly_provider.hooks.cometly import CometlyHook
-from cometly_provider.utils.redaction import mask_presigned_url, redact_url
+from cometly_provider.utils.redaction import (
+    export_id_of_redacted_url,
+    is_redacted_url,
+    mask_presigned_url,
+    redact_url,
+)
 from cometly_provider.utils.storage import (
     GZIP_CONTENT_TYPE,
     NDJSON_CONTENT_TYPE,
@@ -52,8 +57,9 @@ class DownloadEventExportOperator(BaseOperator):
     for a templated destination the static prefix before the first ``{{`` (the rendered URI and
     the stats go in the asset event's ``extra``).
 
-    :param download_url: the presigned URL, or the sensor's result dict (``download_url`` and
-        ``export_id`` are read from it). Templated.
+    :param download_url: the presigned URL, or the sensor's result (the dict, or its
+        ``download_url``: the sensor stores it without its signature, and a fresh signed URL is
+        then fetched from the export id it carries). Templated.
     :param export_id: the export, to fetch a (fresh) URL from the API; with no ``download_url`` the
         export must be ``completed``. Templated.
     :param destination: ``s3://bucket/key``, ``gs://bucket/key`` or ``file:///path``. Templated.
@@ -232,6 +238,19 @@ class DownloadEventExportOperator(BaseOperator):
             if export_id is None and raw.get("export_id") is not None:
                 export_id = _check_export_id(raw["export_id"], field="download_url['export_id']")
             raw = raw["download_url"]
+        if isinstance(raw, str) and is_redacted_url(raw.strip()):
+            # The sensor's stored form: no signature, so a fresh URL comes from the export id.
+            if export_id is None:
+                carried = export_id_of_redacted_url(raw.strip())
+                if carried is None:
+                    raise CometlyInputError(
+                        f"download_url={raw.strip()!r} has its signature redacted and names no "
+                        "export: pass export_id (or the sensor's whole result) so a freshly signed "
+                        "URL can be fetched",
+                        field="download_url",
+                    )
+                export_id = _check_export_id(carried, field="download_url (export id)")
+            raw = None
         url = None if raw is None or (raw == "" and export_id is not None) else _check_url(raw)
         if url is None and export_id is None:
             raise CometlyInputError(

@@ -40,10 +40,12 @@ class EventExportSensor(BaseSensorOperator):
     Wait until a Cometly event export is ``completed``; return its download details.
 
     Returns (XCom) ``{"export_id", "status", "download_url", "expires_at", "completed_at"}``, ready for
-    :class:`~cometly_provider.operators.download_export.DownloadEventExportOperator`. The presigned
-    ``download_url`` is valid for 15 minutes from the poll that produced it (the download operator
-    fetches a fresh one from ``export_id`` if it has expired); its query string is registered with
-    the secret masker and only ever logged redacted.
+    :class:`~cometly_provider.operators.download_export.DownloadEventExportOperator`. XCom is stored
+    in the metadata DB and shown unmasked in the UI, so ``download_url`` is kept there *without*
+    its signature (``https://.../export.ndjson.gz?<redacted>#cometly_export_id=42``): the download
+    operator fetches a freshly signed URL from the export id, which also avoids the 15-minute
+    expiry of the URL seen while polling. The signed URL is registered with the secret masker
+    and only ever logged redacted.
 
     * ``failed`` → :class:`~cometly_provider.exceptions.CometlyExportFailedError` with the API's message;
     * an unknown export (404) → :class:`~cometly_provider.exceptions.CometlyNotFoundError`;

@@ -124,6 +124,10 @@ class SimulatorClient:
     def faults(self) -> list[FaultRule]:
         return [FaultRule.from_dict(f) for f in self._call("GET", "faults")["faults"]]
 
+    @property
+    def issued_signatures(self) -> list[str]:
+        return list(self._call("GET", "signatures")["signatures"])
+
     # --- control ----------------------------------------------------------------------------------
 
     def update_config(self, **changes: Any) -> SimulatorConfig:

@@ -223,6 +223,7 @@ class CometlySimulator:
             self._objects: dict[str, _Export] = {}
             self._next_export_id = self.config.export_id_start
             self._outcomes: deque[tuple[str, str | None]] = deque()
+            self._issued_signatures: list[str] = []
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -346,6 +347,12 @@ class CometlySimulator:
     def faults(self) -> list[FaultRule]:
         with self._lock:
             return [FaultRule.from_dict(f.to_dict()) for f in self._faults]
+
+    @property
+    def issued_signatures(self) -> list[str]:
+        """Every presigned-URL signature handed out so far, for "never leaked" assertions."""
+        with self._lock:
+            return list(self._issued_signatures)
 
     # --- control --------------------------------------------------------------------------------
 
@@ -619,6 +626,8 @@ class CometlySimulator:
         # A per-URL session token (as with role credentials) makes every poll's URL distinct.
         token = secrets.token_urlsafe(24)
         signature = self._signature(path, amz_date, str(expires), token)
+        with self._lock:
+            self._issued_signatures.append(signature)
         credential = f"ASIASIMULATOR%2F{amz_date[:8]}%2Fus-east-1%2Fs3%2Faws4_request"
         query = (
             f"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={credential}&X-Amz-Date={amz_date}"
@@ -687,6 +696,8 @@ class CometlySimulator:
                 return 200, {"exports": [e.to_dict() for e in self.exports.values()]}
             if route == "faults" and method == "GET":
                 return 200, {"faults": [f.to_dict() for f in self.faults]}
+            if route == "signatures" and method == "GET":
+                return 200, {"signatures": self.issued_signatures}
             if route == "faults" and method == "POST":
                 data = dict(_object(body))
                 endpoint_name = data.pop("endpoint", None)

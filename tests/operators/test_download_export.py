@@ -33,6 +33,7 @@ from cometly_provider.exceptions import (
     CometlyExportFailedError,
     CometlyInputError,
 )
+from cometly_provider.exports import completed_result
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.operators.download_export import DownloadEventExportOperator, default_asset
 from cometly_provider.utils.storage import DestinationExistsError, S3MultipartWriter
@@ -169,6 +170,37 @@ def test_decompress_to_local_file_is_line_identical(cometly_conn: Any, tmp_path:
     assert result["bytes_written"] == len(plain)
     assert [p.name for p in target.parent.iterdir()] == ["events.ndjson"]  # no temp file left
     json.loads(target.read_bytes().splitlines()[0])
+
+
+@pytest.mark.parametrize("form", ["result dict", "download_url string"])
+def test_sensor_result_without_signature_gets_a_fresh_url(
+    cometly_conn: Any, tmp_path: Path, form: str
+) -> None:
+    # What EventExportSensor stores in XCom: the URL without its signature, plus the export id.
+    stored = completed_result(_completed(cometly_conn, rows=400))
+    assert "X-Amz-Signature" not in stored["download_url"]
+    direct = _direct(cometly_conn, stored["export_id"])
+    polls = len(cometly_conn.requests_for("export_status"))
+
+    value = stored if form == "result dict" else stored["download_url"]  # xcom_pull(...)["download_url"]
+    result = _operator(download_url=value, destination=f"file://{tmp_path}/e.gz").execute(_context())
+
+    assert (tmp_path / "e.gz").read_bytes() == direct
+    assert result["export_id"] == stored["export_id"]
+    assert len(cometly_conn.requests_for("export_status")) == polls + 1  # one status call signs a URL
+    downloads = cometly_conn.requests_for("download")
+    assert [r.status for r in downloads] == [200, 200]  # _direct's, then the operator's
+    assert "X-Amz-Signature=" in downloads[-1].query  # a signed URL, not the redacted one
+
+
+def test_redacted_url_without_export_id_fails_before_any_request(cometly_conn: Any, tmp_path: Path) -> None:
+    with pytest.raises(CometlyInputError, match=r"download_url=.*signature redacted.*pass export_id"):
+        _operator(
+            download_url="https://exports.example.com/e.ndjson.gz?<redacted>",
+            destination=f"file://{tmp_path}/e.gz",
+        ).execute(_context())
+    assert cometly_conn.requests == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gcs_round_trip_is_byte_identical(cometly_conn: Any, gcs_conn: str) -> None:
