@@ -302,15 +302,26 @@ def test_expired_download_url_raises_typed_error(cometly_conn: Any) -> None:
     assert "Signature" not in str(excinfo.value)
 
 
-def test_api_key_never_in_logs(cometly_conn: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_api_key_never_in_logs(
+    cometly_conn: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Airflow 3 task logging (structlog) writes to stdout; stdlib records land in caplog.
     caplog.set_level(logging.DEBUG)
+    api_key = cometly_conn.api_key
     cometly_conn.inject("track", "status", code=503, times=1)
     hook = _hook()
     hook.track_event({**PURCHASE, "idempotency_key": "k-log"})
-    with pytest.raises(CometlyNotFoundError):
+    with pytest.raises(CometlyNotFoundError) as not_found:
         hook.get_event_export(424242)
-    assert "retrying" in caplog.text
-    assert cometly_conn.api_key not in caplog.text
+    cometly_conn.update_config(api_key="another-key")  # ours is now rejected: 401
+    with pytest.raises(CometlyAuthError) as rejected:
+        hook.get_event_export(1)
+    out, err = capfd.readouterr()
+    logs = caplog.text + out + err
+    assert "retrying" in logs
+    assert rejected.value.status_code == 401
+    for text in (logs, str(not_found.value), str(rejected.value), repr(rejected.value)):
+        assert api_key not in text
 
 
 def _wait_completed(hook: CometlyHook, export_id: int, timeout: float = 20) -> dict[str, Any]:
