@@ -118,7 +118,9 @@ def task_states(dag: str, run_id: str) -> dict[tuple[str, int], str]:
         return {(ti.task_id, ti.map_index): str(ti.state) for ti in rows}
 
 
-def run_dag(dag: Any, logical_date: dt.datetime = dt.datetime(2024, 1, 15, tzinfo=dt.UTC)) -> Any:
+def run_dag(
+    dag: Any, logical_date: dt.datetime = dt.datetime(2024, 1, 15, tzinfo=dt.UTC), **test_kwargs: Any
+) -> Any:
     """``dag.test()`` for a DAG built in a test.
 
     Airflow 3's ``dag.test()`` runs the serialized DAG and only finds DAGs of the configured bundle
@@ -131,4 +133,4 @@ def run_dag(dag: Any, logical_date: dt.datetime = dt.datetime(2024, 1, 15, tzinf
     bag = DagBag(dag_folder="/dev/null")
     bag.bag_dag(dag)
     sync_bag_to_db(bag, "dags-folder", None)
-    return dag.test(logical_date=logical_date)
+    return dag.test(logical_date=logical_date, **test_kwargs)
