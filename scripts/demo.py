@@ -67,6 +67,8 @@ def s3_endpoint() -> Iterator[tuple[str, str | None]]:
         say(f"Using the real S3 bucket {bucket}")
         yield bucket, None
         return
+    # moto accepts any credentials; set some so boto3 does not look for real ones.
+    os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo")  # noqa: S106
     port = free_port()
     server = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -176,8 +178,9 @@ def main() -> None:
         print(f"  records            {records:,} (verified by reading the object back)")
         print(f"  events tracked     {sent} sent in {len(tracked)} task(s)")
         if simulator is not None:
-            stored = len(simulator.events)
-            print(f"  simulator stored   {stored} events, each exactly once")
+            stored = simulator.events
+            orders = len({event["order_id"] for event in stored})
+            print(f"  simulator stored   {len(stored)} events for {orders} distinct orders")
         print(f"  Airflow log        {log}")
 
 
