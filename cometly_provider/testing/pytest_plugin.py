@@ -7,8 +7,11 @@ Configure the simulator with ``cometly_simulator`` markers (on a test, class or 
 closest wins per option), or by overriding the ``cometly_simulator_config`` fixture (markers win)::
 
     @pytest.mark.cometly_simulator(window_seconds=1.0, export_rows=50)
-    def test_something(cometly_simulator):
-        hook = CometlyHook(host=cometly_simulator.api_base, api_key=cometly_simulator.api_key)
+    def test_something(cometly_simulator, monkeypatch):
+        conn = {"conn_type": "cometly", "host": cometly_simulator.base_url,
+                "password": cometly_simulator.api_key}
+        monkeypatch.setenv("AIRFLOW_CONN_COMETLY_DEFAULT", json.dumps(conn))
+        ...  # run the DAG or operator; then assert on cometly_simulator.events
 """
 
 from __future__ import annotations
