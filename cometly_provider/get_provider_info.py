@@ -48,7 +48,12 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"password": "API key", "host": "API host (optional)"},
-                    "placeholders": {"host": "https://app.cometly.com"},
+                    "placeholders": {
+                        "host": "https://app.cometly.com",
+                        "password": "Cometly API key (one key = one Space)",
+                        "extra": '{"timeout": 30, "rate_limits": {"track": 1000}, '
+                        '"rate_limit_window_seconds": 60}',
+                    },
                 },
             }
         ],
