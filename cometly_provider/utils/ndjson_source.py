@@ -18,30 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
-from urllib.parse import unquote, urlsplit
 
 from airflow.providers.common.compat.sdk import AirflowOptionalProviderFeatureException
 
 from cometly_provider.exceptions import CometlyInputError
+from cometly_provider.utils.locations import ObjectLocation, parse_location
 
-SOURCE_SCHEMES = ("s3", "gs", "file")
 BUFFER_SIZE = 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-@dataclass(frozen=True)
-class SourceLocation:
-    """A parsed NDJSON location; for ``file`` the ``key`` is the absolute local path."""
-
-    scheme: str
-    bucket: str
-    key: str
-
-    @property
-    def uri(self) -> str:
-        if self.scheme == "file":
-            return f"file://{self.key}"
-        return f"{self.scheme}://{self.bucket}/{self.key}"
+SourceLocation = ObjectLocation
 
 
 @dataclass(frozen=True)
@@ -59,47 +46,7 @@ def looks_like_location(value: str) -> bool:
 
 def parse_source(value: object, *, field: str = "events") -> SourceLocation:
     """Validate ``s3://bucket/key``, ``gs://bucket/key``, ``file:///path`` or ``/path``."""
-    allowed = "s3://bucket/key, gs://bucket/key, file:///absolute/path or /absolute/path"
-    if not isinstance(value, str) or not value.strip():
-        raise CometlyInputError(f"{field}={value!r} is not a file location: use {allowed}", field=field)
-    text = value.strip()
-    if text.startswith("/"):
-        text = "file://" + text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        raise CometlyInputError(
-            f"{field}={value!r} is not a valid location: use {allowed}", field=field
-        ) from None
-    scheme = parts.scheme.lower()
-    if scheme not in SOURCE_SCHEMES:
-        raise CometlyInputError(
-            f"{field}={value!r} has an unsupported scheme "
-            f"{scheme + '://' if scheme else '(none)'}: use {allowed}",
-            field=field,
-        )
-    if parts.query or parts.fragment:
-        raise CometlyInputError(f"{field}={value!r} must not have a query string or fragment", field=field)
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise CometlyInputError(
-                f"{field}={value!r} names host {parts.netloc!r}: file:// locations must be local "
-                "absolute paths (file:///path/to/events.ndjson)",
-                field=field,
-            )
-        path = unquote(parts.path)
-        if not path.startswith("/") or path.endswith("/"):
-            raise CometlyInputError(
-                f"{field}={value!r} is not an absolute file path (e.g. file:///data/events.ndjson.gz)",
-                field=field,
-            )
-        return SourceLocation("file", "", os.path.normpath(path))
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if not bucket or not key or key.endswith("/"):
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: expected {scheme}://bucket/path/to/object", field=field
-        )
-    return SourceLocation(scheme, bucket, key)
+    return parse_location(value, field=field, bare_paths=True)
 
 
 class _RawAdapter(io.RawIOBase):

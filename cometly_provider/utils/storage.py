@@ -18,14 +18,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowOptionalProviderFeatureException
 
 from cometly_provider.exceptions import CometlyInputError
+from cometly_provider.utils.locations import ObjectLocation, parse_location
 
 if TYPE_CHECKING:
     from cometly_provider.utils.transfer import Log
@@ -37,7 +36,6 @@ S3_MAX_PARTS = 10_000
 #: GCS resumable chunks must be multiples of 256 KiB (except the last).
 GCS_CHUNK_MULTIPLE = 256 * 1024
 MIN_PART_SIZE = GCS_CHUNK_MULTIPLE
-ALLOWED_SCHEMES = ("s3", "gs", "file")
 GZIP_CONTENT_TYPE = "application/gzip"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 
@@ -50,69 +48,12 @@ class UploadError(AirflowException):
     """The destination refused the upload."""
 
 
-@dataclass(frozen=True)
-class Destination:
-    """A parsed destination URI. For ``file://``, ``bucket`` is empty and ``key`` the absolute path."""
-
-    scheme: str
-    bucket: str
-    key: str
-
-    @property
-    def uri(self) -> str:
-        if self.scheme == "file":
-            return f"file://{self.key}"
-        return f"{self.scheme}://{self.bucket}/{self.key}"
+Destination = ObjectLocation
 
 
 def parse_destination(value: object, *, field: str = "destination") -> Destination:
     """Validate and split a destination URI (``s3://bucket/key``, ``gs://bucket/key``, ``file:///path``)."""
-    allowed = ", ".join(f"{scheme}://" for scheme in ALLOWED_SCHEMES)
-    if not isinstance(value, str) or not value.strip():
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: expected a URI starting with one of {allowed}", field=field
-        )
-    text = value.strip()
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        parts = None
-    scheme = parts.scheme.lower() if parts else ""
-    if parts is None or scheme not in ALLOWED_SCHEMES or "://" not in text:
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: the scheme must be one of {allowed}", field=field
-        )
-    if parts.query or parts.fragment:
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: a destination takes no query string or fragment", field=field
-        )
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise CometlyInputError(
-                f"{field}={value!r} is invalid: file:// destinations must be local absolute paths "
-                "(file:///path/to/file), not on host {parts.netloc!r}",
-                field=field,
-            )
-        path = unquote(parts.path)
-        if not path.startswith("/") or path.endswith("/") or path.rstrip("/") == "":
-            raise CometlyInputError(
-                f"{field}={value!r} is invalid: expected an absolute file path like "
-                "file:///data/cometly/events.ndjson.gz (not a directory)",
-                field=field,
-            )
-        return Destination("file", "", os.path.normpath(path))
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if not bucket:
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: no bucket; expected {scheme}://bucket/path/to/object", field=field
-        )
-    if not key or key.endswith("/"):
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: expected an object key after the bucket "
-            f"({scheme}://{bucket}/path/to/object), not a prefix",
-            field=field,
-        )
-    return Destination(scheme, bucket, key)
+    return parse_location(value, field=field)
 
 
 def check_part_size(part_size: object, scheme: str | None = None, *, field: str = "part_size") -> int:

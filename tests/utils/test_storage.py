@@ -90,7 +90,7 @@ def test_parse_destination(uri: str, expected: tuple[str, str, str]) -> None:
         ("s3:///key", "no bucket"),
         ("gs://lake/", "expected an object key"),
         ("s3://lake/k?versionId=1", "no query string"),
-        ("file://otherhost/tmp/x", "local absolute paths"),
+        ("file://otherhost/tmp/x", "local absolute paths (file:///path/to/file), not on host 'otherhost'"),
         ("file:///tmp/dir/", "not a directory"),
     ],
 )
