@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -23,6 +21,7 @@ from cometly_provider.utils.redaction import (
     mask_presigned_url,
     redact_url,
 )
+from cometly_provider.utils.rendered import parse_rendered_literal
 from cometly_provider.utils.storage import (
     GZIP_CONTENT_TYPE,
     NDJSON_CONTENT_TYPE,
@@ -265,14 +264,10 @@ def _as_mapping(value: object) -> object:
     """The sensor's dict, also when a template rendered it as text (no native rendering)."""
     if not isinstance(value, str) or not value.strip().startswith("{") or not value.strip().endswith("}"):
         return value
-    text = value.strip()
     try:
-        parsed = json.loads(text)
+        parsed = parse_rendered_literal(value.strip())
     except ValueError:
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return value
+        return value
     return parsed if isinstance(parsed, Mapping) else value
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
 import hashlib
 import json
@@ -39,6 +38,7 @@ from cometly_provider.exports import (
 )
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.triggers.event_export import EventExportTrigger
+from cometly_provider.utils.rendered import parse_rendered_literal
 from cometly_provider.validation import validate_export_params
 
 if TYPE_CHECKING:
@@ -407,12 +407,9 @@ def _untemplated(name: str, value: Any) -> Any:
         return None
     if name in _LIST_PARAMS and text.startswith("[") and text.endswith("]"):
         try:
-            parsed = json.loads(text)
+            parsed = parse_rendered_literal(text)
         except ValueError:
-            try:
-                parsed = ast.literal_eval(text)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                return value
+            return value
         return parsed if isinstance(parsed, list) else value
     if name == "attribution_window" and text.isascii() and text.isdigit():
         return int(text)

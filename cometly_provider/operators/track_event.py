@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
@@ -25,6 +24,7 @@ from cometly_provider.exceptions import (
 )
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.utils.ndjson_source import BadLine, NdjsonSource, looks_like_location, parse_source
+from cometly_provider.utils.rendered import parse_rendered_literal
 from cometly_provider.utils.storage import NDJSON_CONTENT_TYPE, MiB, open_writer, parse_destination
 from cometly_provider.validation import (
     BOOLEAN_TRACK_FIELDS,
@@ -811,14 +811,9 @@ def _parse_literal(value: Any, name: str) -> Any:
     """A rendered JSON (or Python-literal, from a plain ``{{ xcom }}`` template) string, parsed."""
     if not isinstance(value, str):
         return value
-    text = value.strip()
     try:
-        return json.loads(text)
+        return parse_rendered_literal(value.strip())
     except ValueError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise CometlyInputError(
             f"{name}={_short(value)} is not valid JSON (nor a Python literal)", field=name
         ) from None
