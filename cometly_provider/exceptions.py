@@ -67,6 +67,11 @@ class CometlyExportFailedError(CometlyError):
     """The export finished with status ``failed``."""
 
 
+class CometlyExportSensorFailedError(CometlyExportFailedError, AirflowFailException):
+    """A failed export seen by the sensor: also an ``AirflowFailException``, because a retry would only
+    poll the same failed export again (a new export needs the upstream creation task to run again)."""
+
+
 class CometlyExportTimeoutError(CometlyError):
     """The export did not complete before the sensor / operator timeout."""
 

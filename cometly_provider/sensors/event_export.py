@@ -14,7 +14,11 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from cometly_provider.exceptions import CometlyExportSensorTimeout
+from cometly_provider.exceptions import (
+    CometlyExportFailedError,
+    CometlyExportSensorFailedError,
+    CometlyExportSensorTimeout,
+)
 from cometly_provider.exports import (
     DEFAULT_POLL_INTERVAL,
     PollOutcome,
@@ -47,7 +51,9 @@ class EventExportSensor(BaseSensorOperator):
     expiry of the URL seen while polling. The signed URL is registered with the secret masker
     and only ever logged redacted.
 
-    * ``failed`` → :class:`~cometly_provider.exceptions.CometlyExportFailedError` with the API's message;
+    * ``failed`` → :class:`~cometly_provider.exceptions.CometlyExportSensorFailedError` (a
+      ``CometlyExportFailedError`` and an ``AirflowFailException``: retrying would only poll the
+      same failed export) with the API's message;
     * an unknown export (404) → :class:`~cometly_provider.exceptions.CometlyNotFoundError`;
     * ``queued`` / ``processing`` → keep waiting; so do transient failures (5xx, 429, network) that
       outlast the hook's retries, until ``timeout``;
@@ -106,6 +112,12 @@ class EventExportSensor(BaseSensorOperator):
         return hook, export_id
 
     def execute(self, context: Context) -> Any:
+        try:
+            return self._execute(context)
+        except CometlyExportFailedError as err:
+            raise _final(err) from None
+
+    def _execute(self, context: Context) -> Any:
         hook, export_id = self._prepare()
         if self.deferrable:
             outcome = poll_export(hook, export_id, self.log)
@@ -152,6 +164,16 @@ class EventExportSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Resume after :class:`EventExportTrigger`: its result, or the typed error it reported."""
-        result = result_from_event(event, self.export_id, on_timeout=CometlyExportSensorTimeout)
+        try:
+            result = result_from_event(event, self.export_id, on_timeout=CometlyExportSensorTimeout)
+        except CometlyExportFailedError as err:
+            raise _final(err) from None
         self.log.info("Cometly %s", describe(result))
         return result
+
+
+def _final(err: CometlyExportFailedError) -> CometlyExportSensorFailedError:
+    """The same failure, but not retried by Airflow: a retry would poll the same failed export."""
+    if isinstance(err, CometlyExportSensorFailedError):
+        return err
+    return CometlyExportSensorFailedError(str(err), status_code=err.status_code, api_message=err.api_message)
