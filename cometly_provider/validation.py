@@ -296,7 +296,7 @@ def track_event_problems(payload: Any, *, allow_unknown_fields: bool = False) ->
     event_name = payload.get("event_name")
     if _is_blank(event_name):
         problems.append(Problem("event_name", "event_name is required"))
-    elif event_name not in TRACK_EVENT_NAMES:
+    elif not isinstance(event_name, str) or event_name not in TRACK_EVENT_NAMES:
         problems.append(
             Problem(
                 "event_name",
