@@ -105,7 +105,7 @@ TRACK_FIELDS: frozenset[str] = (
     | {"amount", "event_time"}
 )
 
-# Unix seconds beyond this are almost certainly milliseconds (year 5138), a classic mistake.
+# Unix seconds at or beyond this are almost certainly milliseconds (year 5138), a classic mistake.
 _MAX_UNIX_SECONDS = 1e11
 _NUMERIC_STRING = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
@@ -376,7 +376,7 @@ def _event_time_problem(value: Any) -> Problem | None:
         seconds = float(value)
     else:
         return Problem("event_time", f"event_time={_show(value)} is invalid: use {allowed}")
-    if seconds < 0 or seconds > _MAX_UNIX_SECONDS:
+    if seconds < 0 or seconds >= _MAX_UNIX_SECONDS:
         return Problem(
             "event_time", f"event_time={_show(value)} is out of range: use {allowed} (not milliseconds)"
         )
