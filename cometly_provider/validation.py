@@ -366,7 +366,7 @@ def _event_time_problem(value: Any) -> Problem | None:
     allowed = "an ISO 8601 string (2024-01-15T10:30:00Z) or unix seconds"
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isdecimal():
             seconds: float = int(text)
         elif _parse_iso_datetime(text):
             return None
