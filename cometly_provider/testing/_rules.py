@@ -239,7 +239,7 @@ def _is_iso8601(text: str) -> bool:
 def _event_time_ok(value: Any) -> bool:
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isdecimal():
             return int(text) < _MAX_UNIX_SECONDS
         return bool(text) and _is_iso8601(text)
     if is_number(value):
