@@ -347,7 +347,7 @@ def track_event_problems(payload: Any, *, allow_unknown_fields: bool = False) ->
             if not (_is_number(value) or (isinstance(value, str) and _NUMERIC_STRING.match(value.strip()))):
                 problems.append(Problem(key, f"{key}={_show(value)} must be a number (profile_field_16..25)"))
         elif key in PROFILE_DATE_FIELDS:
-            if not (isinstance(value, str) and _parse_iso_datetime(value)):
+            if not (isinstance(value, str) and _parse_iso_datetime(value.strip())):
                 problems.append(
                     Problem(key, f"{key}={_show(value)} must be an ISO 8601 date (profile_field_26..30)")
                 )
