@@ -369,6 +369,7 @@ class S3MultipartWriter(_PartWriter):
             self._dispatch(last=True)
         self._finish_uploads()
         self._shutdown()
+        stale = self._stale_uploads()
         parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
@@ -378,6 +379,44 @@ class S3MultipartWriter(_PartWriter):
             **conditional,
         )
         self.upload_id = None
+        self._abort_stale(stale)
+
+    def _stale_uploads(self) -> list[str]:
+        """Multipart uploads of this key started before ours: left by earlier tries that were killed.
+
+        A SIGKILLed (e.g. OOM-killed) worker runs no clean-up, so its upload would stay, billed,
+        until a bucket lifecycle rule removes it. Uploads started after ours are left alone.
+        """
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            uploads = [
+                upload
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key)
+                for upload in page.get("Uploads", [])
+                if upload.get("Key") == self.key
+            ]
+        except Exception as err:  # e.g. no s3:ListBucketMultipartUploads permission: not fatal
+            self.log.warning(
+                "Could not list the multipart uploads of %s to clean up stale ones: %s", self.uri, err
+            )
+            return []
+        # S3 lists the uploads of one key in the order they were initiated: those before ours are older.
+        ids = [str(u.get("UploadId")) for u in uploads]
+        return ids[: ids.index(self.upload_id)] if self.upload_id in ids else []
+
+    def _abort_stale(self, upload_ids: list[str]) -> None:
+        for upload_id in upload_ids:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+                self.log.warning(
+                    "Aborted multipart upload %s to %s, left unfinished by an earlier try (killed?)",
+                    upload_id,
+                    self.uri,
+                )
+            except Exception as err:  # the object landed; a leftover upload is only storage cost
+                self.log.warning(
+                    "Could not abort the stale multipart upload %s to %s: %s", upload_id, self.uri, err
+                )
 
     def abort(self) -> None:
         self._stop_uploads()
