@@ -295,7 +295,12 @@ def track_event_problems(payload: Any, *, allow_unknown_fields: bool = False) ->
 
     event_name = payload.get("event_name")
     if _is_blank(event_name):
-        problems.append(Problem("event_name", "event_name is required"))
+        problems.append(
+            Problem(
+                "event_name",
+                "event_name is required: use " + _EVENT_NAMES_HELP.format(", ".join(STANDARD_TRACK_EVENTS)),
+            )
+        )
     elif not isinstance(event_name, str) or event_name not in TRACK_EVENT_NAMES:
         problems.append(
             Problem(
@@ -480,11 +485,15 @@ def validate_export_params(params: Mapping[str, Any]) -> dict[str, Any]:
         )
         if model is None:
             raise CometlyInputError(
-                "attribution_model is required when sources is given", field="attribution_model"
+                "attribution_model is required when sources is given; allowed: "
+                + ", ".join(ATTRIBUTION_MODELS),
+                field="attribution_model",
             )
         if window is None:
             raise CometlyInputError(
-                "attribution_window is required when sources is given", field="attribution_window"
+                "attribution_window is required when sources is given; allowed: "
+                f"{', '.join(map(str, ATTRIBUTION_WINDOWS))} (days; 0 = LTV)",
+                field="attribution_window",
             )
     if model is not None:
         if model not in ATTRIBUTION_MODELS:
