@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import random
 import threading
 import time
@@ -75,6 +74,7 @@ class _ServerBudget:
         # Keep a few requests in hand for those already in flight in this process.
         self.reserve = min(8, limit // 20)
         self._remaining: int | None = None
+        self._last_seen: int | None = None
         self._reset_at: float | None = None
 
     def observe(self, remaining: int | None, retry_after: float | None = None) -> None:
@@ -83,24 +83,30 @@ class _ServerBudget:
             if retry_after is not None:
                 self._reset_at = now + retry_after
                 self._remaining = 0
+                self._last_seen = 0
                 return
             if remaining is None:
                 return
             # A clear rise means the server's window rolled over just now; small rises are just
-            # responses arriving out of order.
-            rolled_over = self._remaining is not None and remaining > self._remaining + max(
+            # responses arriving out of order. Compared with the last answer seen, which delay()
+            # does not clear when it reopens the gate.
+            rolled_over = self._last_seen is not None and remaining > self._last_seen + max(
                 2, self.limit // 20
             )
+            self._last_seen = remaining
+            # The server opens a window with the first request after the previous one ended, so a
+            # reset is anchored on an answer seen now (late, hence safe) rather than extrapolated
+            # from the last window (early whenever there was a pause: 429s, then a stalled window).
             if rolled_over or self._reset_at is None:
                 self._reset_at = now + self.window
             elif now >= self._reset_at:
-                self._reset_at += math.ceil((now - self._reset_at) / self.window) * self.window
                 if remaining <= self.reserve:
                     # Most likely a late answer from the window that just ended: holding a whole
                     # window on it stalls the sender. If the new window really is spent, the next
                     # request's 429 and Retry-After say so exactly.
                     self._remaining = None
                     return
+                self._reset_at = now + self.window
             self._remaining = remaining
 
     def holding(self) -> bool:

@@ -37,3 +37,18 @@ def test_held_request_resumes_when_another_answer_shows_a_fresh_window() -> None
     limiter.observe(99)  # another thread's answer: the server's window rolled over
     assert done.wait(10), "the held request kept sleeping although the server reported a fresh window"
     thread.join(5)
+
+
+def test_a_fresh_window_after_a_pause_is_anchored_on_its_first_answer() -> None:
+    # The server opens a window with the first request after the previous one ended: after a
+    # pause the new window's end is one window after its first answer, not on the old grid
+    # (extrapolating the grid ended the estimate early: the gate reopened into a spent window).
+    budget = _ServerBudget(limit=100, window_seconds=1.0)
+    budget.observe(50)
+    budget.observe(1)
+    assert budget.delay() > 0
+    time.sleep(1.4)  # a pause past the estimated reset
+    assert budget.delay() == 0  # reopened: requests probe the server again
+    budget.observe(99)  # the first answer of the window that probe opened
+    budget.observe(1)
+    assert budget.delay() >= 0.9
