@@ -52,3 +52,45 @@ def test_a_fresh_window_after_a_pause_is_anchored_on_its_first_answer() -> None:
     budget.observe(99)  # the first answer of the window that probe opened
     budget.observe(1)
     assert budget.delay() >= 0.9
+
+
+def test_retry_after_keeps_the_tighter_anchored_estimate() -> None:
+    # Retry-After is whole seconds rounded up: the window resets within the second before
+    # now + Retry-After. The anchored estimate (first answer of the window + window) lies in that
+    # second and is never early, so the gate keeps it.
+    budget = _ServerBudget(limit=1000, window_seconds=10.0)
+    budget.observe(999)
+    time.sleep(0.3)
+    budget.observe(0, retry_after=10.0)  # the true reset is 9.7 s away; Retry-After says 10
+    delay = budget.delay()
+    assert 9.0 < delay < 9.95  # 9.7 s plus at most 0.2 s of jitter, not 10 s and more
+
+
+def test_retry_after_wins_over_an_anchor_outside_its_second() -> None:
+    budget = _ServerBudget(limit=1000, window_seconds=10.0)
+    budget.observe(999)  # anchored ~10 s ahead
+    budget.observe(0, retry_after=3.0)  # e.g. an injected or proxy 429: trust the server
+    assert 2.8 < budget.delay() < 3.3
+
+
+def test_an_overtaken_answer_does_not_reopen_the_gate() -> None:
+    budget = _ServerBudget(limit=1000, window_seconds=10.0)
+    budget.observe(999)
+    budget.observe(0, retry_after=9.0)
+    # A request sent before the 429 answers after it, with the budget it saw then.
+    budget.observe(60)
+    assert budget.holding()
+    assert budget.delay() > 8.0
+
+
+def test_answers_out_of_order_across_processes_are_not_a_roll_over() -> None:
+    # With four processes spending the budget, one process's answers came back out of order by 60
+    # (measured): that is not the server's window rolling over.
+    budget = _ServerBudget(limit=1000, window_seconds=10.0)
+    budget.observe(999)
+    time.sleep(0.5)
+    budget.observe(5)
+    budget.observe(65)
+    assert budget.holding()
+    delay = budget.delay()
+    assert 9.0 < delay < 9.75  # the first answer's window (9.5 s + jitter), not 10 s from now
