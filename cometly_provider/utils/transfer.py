@@ -245,13 +245,13 @@ class ExportTransfer:
                 except CometlyDownloadIntegrityError:
                     raise
                 except CometlyDownloadExpiredError as err:
-                    attempts = self._count_attempt(attempts, err, "the presigned URL expired")
-                    if self._refresh_url is None:
+                    if self._refresh_url is None:  # no wait: the same URL cannot come back to life
                         raise CometlyDownloadExpiredError(
                             f"{err} No export_id was given, so no fresh URL can be requested: pass "
                             "export_id to let the download renew its URL.",
                             status_code=err.status_code,
                         ) from None
+                    attempts = self._count_attempt(attempts, err, "the presigned URL expired")
                     url = self._refresh_url()
                 except (CometlyDownloadRangeIgnoredError, _SourceChanged) as err:
                     why = (
