@@ -123,13 +123,14 @@ def test_url_expired_at_the_resume_without_export_id_fails_and_lands_nothing(
     client, name = bucket
     status = completed_export(sim, rows=BIG_ROWS, padding=BIG_PADDING)
     direct = direct_download(sim, status["export_id"])
-    # URLs live 1-2 s (whole seconds, rounded up); the resume comes 2.2 s after the cut, which
-    # happens after two 5 MiB parts were uploaded.
-    sim.update_config(url_ttl_seconds=1)
+    # URLs live 3-4 s (whole seconds, rounded up): the first request comes well within that (a
+    # margin for a loaded machine), the resume 4.2 s after the cut, which happens after two 5 MiB
+    # parts were uploaded.
+    sim.update_config(url_ttl_seconds=3)
     url, _ = sim.presign(status["export_id"])
     sim.inject("download", "cut", at_byte=11_000_000)
     op = downloader(download_url=url, destination=f"s3://{name}/e.ndjson.gz", part_size=5 * MiB)
-    op.resume_wait_s = 2.2
+    op.resume_wait_s = 4.2
 
     with pytest.raises(CometlyDownloadExpiredError) as info:
         op.execute(download_context())  # type: ignore[arg-type]
@@ -146,11 +147,11 @@ def test_url_expiring_while_the_resume_is_in_flight_is_renewed_from_the_export_i
     client, name = bucket
     status = completed_export(sim, rows=BIG_ROWS, padding=BIG_PADDING)
     direct = direct_download(sim, status["export_id"])
-    sim.update_config(url_ttl_seconds=1)
-    # Cut; the resume (with a freshly signed URL) then sits 2.2 s in the server before the signature
-    # check, so that URL has expired by then too; the next fresh URL gets through.
+    sim.update_config(url_ttl_seconds=2)
+    # Cut; the resume (with a freshly signed URL, living 2-3 s) then sits 3.2 s in the server before
+    # the signature check, so that URL has expired by then too; the next fresh URL gets through.
     sim.inject("download", "cut", at_byte=7_000_000)
-    sim.inject("download", "delay", seconds=2.2, after=1, times=1)
+    sim.inject("download", "delay", seconds=3.2, after=1, times=1)
     polls_before = len(sim.requests_for("export_status"))
 
     result = downloader(
