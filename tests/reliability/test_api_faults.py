@@ -64,7 +64,7 @@ def test_429_storm_with_retry_after_on_every_api_endpoint(
         assert min(gaps) >= 0.95, (endpoint, gaps)
     out = capfd.readouterr().out
     assert "failed with HTTP 429" in out
-    assert "retrying in" in out
+    assert "failed with HTTP 429: Too Many Attempts.); retrying" in out
 
 
 def test_429_storm_longer_than_the_retries_fails_with_the_reason(
