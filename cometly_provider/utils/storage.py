@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -618,6 +619,7 @@ class LocalFileWriter(ObjectWriter):
         self.path = Path(destination.key)
         self.temp_path: Path | None = None
         self._file: Any = None
+        self._started = 0.0
 
     def _exists(self) -> bool:
         return self.path.exists()
@@ -628,6 +630,7 @@ class LocalFileWriter(ObjectWriter):
                 f"destination {self.uri} is a directory: name a file", field="destination"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._started = time.time()
         self.temp_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.part")
         self._file = open(self.temp_path, "xb")  # noqa: SIM115 - closed in commit/abort
 
@@ -653,6 +656,27 @@ class LocalFileWriter(ObjectWriter):
             os.unlink(self.temp_path)
         self.temp_path = None
         _fsync_dir(self.path.parent)
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of this destination left by earlier tries that were killed (SIGKILL runs no abort).
+
+        Only those last written before this writer started: a temp file still growing belongs to a
+        writer that is alive.
+        """
+        pattern = re.compile(rf"\.{re.escape(self.path.name)}\.[0-9a-f]{{12}}\.part")
+        try:
+            candidates = [p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name)]
+        except OSError:
+            return
+        for candidate in candidates:
+            try:
+                if candidate.stat().st_mtime >= self._started:
+                    continue
+                candidate.unlink()
+                self.log.warning("Removed %s, left unfinished by an earlier try (killed?)", candidate)
+            except OSError as err:  # the file landed; a leftover temp file is only disk space
+                self.log.warning("Could not remove the stale temp file %s: %s", candidate, err)
 
     def abort(self) -> None:
         if self._file is not None:
