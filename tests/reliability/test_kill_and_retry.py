@@ -25,11 +25,12 @@ from typing import Any
 from cometly_provider.hooks.cometly import CometlyHook
 from tests.reliability.invariants import (
     assert_identical_or_absent,
+    assert_local_identical_or_absent,
     assert_no_orphaned_uploads,
     assert_stored_exactly_once,
     direct_download,
 )
-from tests.reliability.pipeline import BIG_PADDING, BIG_ROWS, DAG_ID, RUN_ID, MiB, purchases
+from tests.reliability.pipeline import BIG_PADDING, BIG_ROWS, DAG_ID, RUN_ID, MiB, file_uri, purchases
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,8 +94,7 @@ def test_worker_killed_mid_tracking_batch_then_retried(sim: Any, tmp_path: Path)
     assert_stored_exactly_once(sim, events)
 
 
-def test_worker_killed_mid_download_then_retried(sim: Any, bucket: tuple[Any, str], tmp_path: Path) -> None:
-    client, name = bucket
+def _big_completed_export(sim: Any) -> tuple[int, Any]:
     sim.update_config(
         queued_seconds=0, processing_seconds=0, export_rows=BIG_ROWS, row_padding_bytes=BIG_PADDING
     )
@@ -108,21 +108,36 @@ def test_worker_killed_mid_download_then_retried(sim: Any, bucket: tuple[Any, st
         time.sleep(0.05)
     direct = direct_download(sim, export_id)
     assert direct.size > 12 * MiB
-    # Part 1 (5 MiB) goes up, the connection is cut at 6 MB, the resume hangs in the server: the
-    # worker is killed there, with a multipart upload open and a part in it.
+    # The connection is cut at 6 MB (after a first 5 MiB part), then the resume hangs in the
+    # server: the worker is killed there, mid-download.
     sim.inject("download", "cut", at_byte=6_000_000)
     sim.inject("download", "delay", seconds=30, after=1, times=1)
-    spec = {
+    return export_id, direct
+
+
+def _resume_hanging(sim: Any) -> bool:
+    # The hanging resume is recorded only once answered: its fault rule shows it arrived.
+    return any(f.kind == "delay" and f.applied for f in sim.faults)
+
+
+def _download_spec(export_id: int, destination: str) -> dict[str, Any]:
+    return {
         "operator": "download",
         "task_id": "download_export",
-        "kwargs": {"export_id": export_id, "destination": f"s3://{name}/e.ndjson.gz", "part_size": 5 * MiB},
+        "kwargs": {"export_id": export_id, "destination": destination, "part_size": 5 * MiB},
     }
 
+
+def test_worker_killed_mid_download_to_s3_then_retried(
+    sim: Any, bucket: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, name = bucket
+    export_id, direct = _big_completed_export(sim)
+    spec = _download_spec(export_id, f"s3://{name}/e.ndjson.gz")
+
     def uploading_and_resuming() -> bool:
-        # The hanging resume is recorded only once answered: its fault rule shows it arrived.
-        hanging = any(f.kind == "delay" and f.applied for f in sim.faults)
         uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
-        if not hanging or not uploads:
+        if not _resume_hanging(sim) or not uploads:
             return False
         parts = client.list_parts(Bucket=name, Key="e.ndjson.gz", UploadId=uploads[0]["UploadId"])
         return len(parts.get("Parts", [])) >= 1
@@ -142,3 +157,25 @@ def test_worker_killed_mid_download_then_retried(sim: Any, bucket: tuple[Any, st
     assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=True)
     # The retry cleaned up what the killed try left behind.
     assert_no_orphaned_uploads(client, name)
+
+
+def test_worker_killed_mid_download_to_a_local_file_then_retried(sim: Any, tmp_path: Path) -> None:
+    export_id, direct = _big_completed_export(sim)
+    lake = tmp_path / "lake"
+    path = lake / "e.ndjson.gz"
+    spec = _download_spec(export_id, file_uri(path))
+
+    first = _start(tmp_path, "try1", spec)
+    _kill_when(first, lambda: _resume_hanging(sim), "the download resumed")
+    left = [p.name for p in lake.iterdir()]
+    assert len(left) == 1  # the killed try's temp file; the destination itself never appeared
+    assert left[0].startswith(".e.ndjson.gz.")
+    assert left[0].endswith(".part")
+
+    sim.clear_faults()
+    outcome, log = _outcome(_start(tmp_path, "try2", spec))
+    assert outcome["state"] == "success", outcome
+    assert outcome["result"]["sha256"] == direct.sha256
+    assert "left unfinished by an earlier try" in log
+    # Landed identical, and the retry removed the killed try's temp file.
+    assert_local_identical_or_absent(path, direct, landed=True)
