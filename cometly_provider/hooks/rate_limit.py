@@ -76,6 +76,11 @@ class _ServerBudget:
         self._remaining: int | None = None
         self._last_seen: int | None = None
         self._reset_at: float | None = None
+        # Other processes spending the same Space: the budget falls `share` times faster than our
+        # own answers alone explain, and their requests in flight need room too. Measured from
+        # the first answer of the window (`_top`) and our answers since.
+        self._top: int | None = None
+        self._answers = 0
 
     def observe(self, remaining: int | None, retry_after: float | None = None) -> None:
         now = time.monotonic()
@@ -111,6 +116,7 @@ class _ServerBudget:
             # from the last window (early whenever there was a pause: 429s, then a stalled window).
             if rolled_over or self._reset_at is None:
                 self._reset_at = now + self.window
+                self._top, self._answers = remaining, 0
             elif now >= self._reset_at:
                 if remaining <= self.reserve:
                     # Most likely a late answer from the window that just ended: holding a whole
@@ -119,23 +125,32 @@ class _ServerBudget:
                     self._remaining = None
                     return
                 self._reset_at = now + self.window
+                self._top, self._answers = remaining, 0
             elif self._remaining is not None:
                 # Within one server window the budget only shrinks: a higher figure is an answer
                 # that was overtaken (e.g. one sent before a 429 that came back after it), and
                 # must not reopen a gate the newer answer closed.
                 remaining = min(remaining, self._remaining)
+                self._answers += 1
             self._remaining = remaining
+
+    def _threshold(self) -> int:
+        """Budget left at which to hold: our reserve, scaled by how many spend it (lock held)."""
+        if self._top is None or self._remaining is None or self._answers < 16:
+            return self.reserve
+        share = (self._top - self._remaining) / self._answers
+        return max(self.reserve, min(self.limit // 4, round(self.reserve * share)))
 
     def holding(self) -> bool:
         """Whether the last answer said the budget is (nearly) spent; no side effects."""
         with self._lock:
-            return self._remaining is not None and self._remaining <= self.reserve
+            return self._remaining is not None and self._remaining <= self._threshold()
 
     def delay(self) -> float:
         """Seconds to hold the next request (0 when the server still has budget for us)."""
         now = time.monotonic()
         with self._lock:
-            if self._remaining is None or self._remaining > self.reserve or self._reset_at is None:
+            if self._remaining is None or self._remaining > self._threshold() or self._reset_at is None:
                 return 0.0
             wait = self._reset_at - now
             if wait <= 0:

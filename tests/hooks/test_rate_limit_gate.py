@@ -94,3 +94,31 @@ def test_answers_out_of_order_across_processes_are_not_a_roll_over() -> None:
     assert budget.holding()
     delay = budget.delay()
     assert 9.0 < delay < 9.75  # the first answer's window (9.5 s + jitter), not 10 s from now
+
+
+def _spend(budget: _ServerBudget, *, top: int, down_to: int, per_answer: int) -> None:
+    """Answers of one process while the Space's budget falls by ``per_answer`` per answer."""
+    remaining = top
+    while remaining > down_to:
+        budget.observe(remaining)
+        remaining -= per_answer
+    budget.observe(down_to)
+
+
+def test_alone_the_gate_keeps_only_the_reserve_in_hand() -> None:
+    budget = _ServerBudget(limit=1000, window_seconds=10.0)
+    _spend(budget, top=999, down_to=31, per_answer=1)
+    assert not budget.holding()
+    budget.observe(8)
+    assert budget.holding()
+
+
+def test_sharing_the_space_with_three_others_the_gate_closes_earlier() -> None:
+    # Four processes at the same pace: the budget falls four times faster than our own answers, and
+    # their requests in flight need room too (without this, each window ended in ~20 429s).
+    budget = _ServerBudget(limit=1000, window_seconds=10.0)
+    _spend(budget, top=999, down_to=40, per_answer=4)
+    assert not budget.holding()
+    budget.observe(31)
+    assert budget.holding()
+    assert budget.delay() > 9.0
