@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shlex
 import signal
 import socket
@@ -43,6 +42,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from _report import write_section  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -300,17 +301,6 @@ def _child(kind: str, env: dict[str, str], python: str = sys.executable, **optio
         raise RuntimeError(f"child {kind} failed (exit {done.returncode}):\n{tail}")
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH-RESULT "))
     return result
-
-
-def _write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Download\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 def _config(text: str) -> tuple[int, int]:
@@ -619,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note)
     if not args.no_write_docs:
-        _write_docs(_section(command, args, table, checks, notes))
+        write_section("Download", _section(command, args, table, checks, notes))
     return 0 if all(ok for _, ok, required in checks if required) else 1
 
 

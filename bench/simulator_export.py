@@ -17,13 +17,9 @@ MB = 10**6 bytes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import http.client
 import json
-import os
-import platform
-import re
 import shlex
 import statistics
 import sys
@@ -33,6 +29,8 @@ import urllib.request
 import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from _report import measured_on, write_section  # bench/ is sys.path[0] when run as a script
 
 from cometly_provider.testing import spawn_simulator
 
@@ -115,17 +113,6 @@ def _check_gzip(path: Path) -> tuple[int, str, dict[str, object], dict[str, obje
         raise RuntimeError("not exactly one complete gzip member")
     last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
     return lines, md5.hexdigest(), json.loads(first), json.loads(last)
-
-
-def _write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Simulator\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     passed = all(checks.values())
 
     if not args.no_write_docs:
-        cpu = os.cpu_count()
         table = "\n".join(f"| {name} | {value} |" for name, value in rows)
         verdict = "\n".join(f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in checks.items())
         section = (
@@ -246,12 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             "the file is large enough to time; padded exports use zlib's `Z_RLE` strategy.\n"
             "MB = 10^6 bytes.\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
-            f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {platform.system()} {platform.release()}, "
-            f"{cpu} CPUs, Python {platform.python_version()}.\n\n"
+            f"{measured_on()}.\n\n"
             "| metric | value |\n|---|---|\n"
             f"{table}\n\n{verdict}\n"
         )
-        _write_docs(section)
+        write_section("Simulator", section)
         print(f"\n  wrote the Simulator section of {DOCS.relative_to(ROOT)}")
     return 0 if passed else 1
 

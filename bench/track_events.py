@@ -24,13 +24,10 @@ then the 6 s scaled one.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import json
 import math
 import os
-import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -44,6 +41,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cometly-bench-air
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import requests
+from _report import measured_on, write_section  # bench/ is sys.path[0] when run as a script
 
 from cometly_provider.testing import SimulatorClient, spawn_simulator
 
@@ -150,17 +148,6 @@ def unpaced(n_fast: int, n_slow: int, workers: int, latency: float) -> dict[str,
     return out
 
 
-def _write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Tracking\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,12 +251,11 @@ def main(argv: list[str] | None = None) -> int:
             "latency injected (`inject('track', 'delay', seconds=0.05)`), where concurrency pays. On\n"
             "loopback both sides are CPU-bound Python on the same 2 cores, so the gain there is small.\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
-            f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {platform.system()} {platform.release()}, "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n"
+            f"{measured_on()}.\n\n"
             "| metric | value |\n|---|---|\n"
             f"{table}\n\n{verdict}\n"
         )
-        _write_docs(section)
+        write_section("Tracking", section)
         print(f"\n  wrote the Tracking section of {DOCS.relative_to(ROOT)}")
     return 0 if passed else 1
 

@@ -25,11 +25,8 @@ figures go into the "Load" section of ``docs/benchmarks.md`` unless ``--no-write
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -279,16 +276,6 @@ def checks(result: LoadResult) -> dict[str, bool]:
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def _write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Load\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     result = run_load(
         tasks=args.tasks,
@@ -340,6 +327,9 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     print()
     for name, ok in verdicts.items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
+    # Imported here: tests load this harness by path, without bench/ on sys.path.
+    from _report import measured_on, write_section
+
     if not args.no_write_docs:
         command = "/work/venv/bin/python bench/track_load.py" + (" " + shlex.join(argv) if argv else "")
         table = "\n".join(f"| {name} | {value} |" for name, value in rows)
@@ -362,12 +352,11 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
             "before `now + Retry-After`: `Retry-After` is whole seconds rounded up, and sleeping it as\n"
             "is made every window reopen 0.3-0.9 s late here (0.91-0.94 of the allowed rate).\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
-            f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {platform.system()} {platform.release()}, "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n"
+            f"{measured_on()}.\n\n"
             "| metric | value |\n|---|---|\n"
             f"{table}\n\n{verdict}\n"
         )
-        _write_docs(section)
+        write_section("Load", section)
         print(f"\n  wrote the Load section of {DOCS.relative_to(ROOT)}")
     return 0 if all(verdicts.values()) else 1
 
