@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,17 @@ def s3_conn(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         ),
     )
     return moto_server
+
+
+@pytest.fixture
+def bucket(s3_conn: str) -> tuple[Any, str]:
+    """A fresh bucket in the moto server (``aws_default`` points at it): (boto3 client, name)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_conn)
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return client, name
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,9 @@ import gzip
 import hashlib
 import json
 import socket
-import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
@@ -55,20 +53,12 @@ def test_example_dags_import_cleanly_without_network(example_dags: dict[str, Any
         assert "cometly" in dag.tags
 
 
-@pytest.fixture
-def lake(s3_conn: str) -> tuple[Any, str]:
-    client = boto3.client("s3", endpoint_url=s3_conn)
-    name = f"lake-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return client, name
-
-
 @pytest.mark.usefixtures("airflow_db")
 @pytest.mark.cometly_simulator(window_seconds=WINDOW, queued_seconds=0.3, processing_seconds=1.0)
 def test_daily_export_lands_the_days_events_in_s3(
     example_dags: dict[str, Any],
     cometly_simulator: Any,
-    lake: tuple[Any, str],
+    bucket: tuple[Any, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sim = cometly_simulator
@@ -77,9 +67,9 @@ def test_daily_export_lands_the_days_events_in_s3(
         "AIRFLOW_CONN_COMETLY_DEFAULT",
         cometly_conn_uri(sim.base_url, sim.api_key, rate_limit_window_seconds=WINDOW, retry_min_wait=0.05),
     )
-    client, bucket = lake
+    client, name = bucket
 
-    run = support.run_dag(example_dags["cometly_daily_export"], run_conf={"bucket": bucket})
+    run = support.run_dag(example_dags["cometly_daily_export"], run_conf={"bucket": name})
 
     assert run.state == "success", support.task_states("cometly_daily_export", run.run_id)
     (export,) = sim.exports.values()
@@ -87,16 +77,16 @@ def test_daily_export_lands_the_days_events_in_s3(
     assert export.params["fields"] == ["event_name", "amount", "profile_id", "order_id"]  # DAG params
 
     key = "cometly/events/dt=2024-01-15/events.ndjson.gz"
-    landed = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    landed = client.get_object(Bucket=name, Key=key)["Body"].read()
     served = requests.get(sim.presign(export.export_id)[0], timeout=30).content
     assert landed == served  # byte-identical gzip, as Cometly serves it
     rows = [json.loads(line) for line in gzip.decompress(landed).splitlines()]
     assert len(rows) == export.lines == 3000
     assert set(rows[0]) >= {"id", "event_time_utc", "event_name", "amount", "order_id"}
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
 
     summary = support.xcom_value("cometly_daily_export", "download_export", run.run_id)
-    assert summary["destination"] == f"s3://{bucket}/{key}"
+    assert summary["destination"] == f"s3://{name}/{key}"
     assert summary["records"] == 3000
     assert summary["sha256"] == hashlib.sha256(served).hexdigest()
     waited = support.xcom_value("cometly_daily_export", "wait_for_export", run.run_id)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import boto3
 import pendulum
 import pytest
 import requests
@@ -98,14 +97,6 @@ def _operator(**kwargs: Any) -> DownloadEventExportOperator:
     op = DownloadEventExportOperator(**kwargs)
     op.resume_wait_s = 0  # no back-off between resume attempts in tests
     return op
-
-
-@pytest.fixture
-def bucket(s3_conn: str) -> tuple[Any, str]:
-    client = boto3.client("s3", endpoint_url=s3_conn)
-    name = f"lake-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return client, name
 
 
 def _uploads(client: Any, name: str) -> list[Any]:

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from cometly_provider.exceptions import CometlyInputError
@@ -116,14 +115,6 @@ def test_check_part_size() -> None:
 
 
 # --- S3 (moto server) --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def bucket(s3_conn: str) -> tuple[Any, str]:
-    client = boto3.client("s3", endpoint_url=s3_conn)
-    name = f"lake-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return client, name
 
 
 def _uploads(client: Any, name: str) -> list[Any]:
