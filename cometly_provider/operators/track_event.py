@@ -129,6 +129,7 @@ class _Prepared:
     payload: dict[str, Any] | None
     problems: list[str]
     digest: bytes | None = None  # content digest, when the key must be derived
+    problem_field: str | None = None  # the event field of the first problem
 
 
 def _prepare(raw: Any, *, allow_unknown_fields: bool) -> _Prepared:
@@ -138,9 +139,9 @@ def _prepare(raw: Any, *, allow_unknown_fields: bool) -> _Prepared:
     if not isinstance(raw, Mapping):
         return _Prepared(None, [f"an event must be a JSON object (dict), got {type(raw).__name__}"])
     payload = normalize_track_event(raw)
-    problems = [p.message for p in track_event_problems(payload, allow_unknown_fields=allow_unknown_fields)]
-    if problems:
-        return _Prepared(None, problems)
+    found = track_event_problems(payload, allow_unknown_fields=allow_unknown_fields)
+    if found:
+        return _Prepared(None, [p.message for p in found], problem_field=found[0].field)
     key = payload.get("idempotency_key")
     own_key = isinstance(key, str) and bool(key.strip())
     if not own_key:
@@ -160,6 +161,8 @@ class _Plan:
     valid: int = 0
     invalid_count: int = 0
     invalid: list[dict[str, Any]] = field(default_factory=list)
+    # What the error names: the batch, or for a single event the field at fault.
+    invalid_field: str = "events"
     # 8-byte prefixes of content digests seen more than once: only those need occurrence counters.
     repeated: frozenset[int] = frozenset()
 
@@ -375,7 +378,7 @@ class TrackEventOperator(BaseOperator):
                 "file://" + path if path.startswith("/") else path, field="failed_events_path"
             )
         stats = _Stats()
-        plan = self._validate(source, stats)
+        plan = self._validate(source, stats, single=single)
         if plan.total == 0:
             self.log.warning("No events to send (%s is empty)", source.description)
         hook = CometlyHook(
@@ -487,7 +490,7 @@ class TrackEventOperator(BaseOperator):
             )
         return _identity(str(dag_id), str(task_id), str(run_id), map_index)
 
-    def _validate(self, source: _Source, stats: _Stats) -> _Plan:
+    def _validate(self, source: _Source, stats: _Stats, *, single: bool = False) -> _Plan:
         """First pass: count, validate, and find repeated contents, streaming."""
         plan = _Plan()
         prefixes = array("Q")
@@ -496,6 +499,8 @@ class TrackEventOperator(BaseOperator):
             plan.total += 1
             prepared = _prepare(raw, allow_unknown_fields=self.allow_unknown_fields)
             if prepared.problems:
+                if single and prepared.problem_field is not None:
+                    plan.invalid_field = prepared.problem_field
                 plan.invalid_count += 1
                 if len(plan.invalid) < INLINE_LIMIT:
                     plan.invalid.append({source.label: position, "reason": "; ".join(prepared.problems)})
@@ -532,7 +537,7 @@ class TrackEventOperator(BaseOperator):
                 f"{head}; nothing was sent (on_invalid='fail'):\n"
                 + "\n".join(lines)
                 + "\nFix the events, or set on_invalid='skip' to send the valid ones.",
-                field="events",
+                field=plan.invalid_field,
             )
         self.log.warning("%s; skipping them (on_invalid='skip'):\n%s", head, "\n".join(lines))
 

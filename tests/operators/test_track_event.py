@@ -292,7 +292,15 @@ def test_invalid_single_event_names_the_field(sim: Any) -> None:
         _run(op)
     assert "amount='12,50' must be a number" in str(err.value)
     assert "identification method is required" in str(err.value)
+    assert err.value.field == "email"  # the first problem (no identification), not "events"
     assert sim.requests_for("track") == []
+    with pytest.raises(CometlyInputError) as err:
+        _run(
+            TrackEventOperator(
+                task_id=TASK_ID, event={"event_name": "purchase", "email": "a@b.co", "event_time": "x"}
+            )
+        )
+    assert err.value.field == "event_time"
 
 
 # --- batches: validation -----------------------------------------------------------------------------
