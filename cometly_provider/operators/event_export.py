@@ -39,7 +39,7 @@ from cometly_provider.exports import (
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.triggers.event_export import EventExportTrigger
 from cometly_provider.utils.rendered import parse_rendered_literal
-from cometly_provider.validation import validate_export_params
+from cometly_provider.validation import EXPORT_PARAMS, validate_export_params
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -121,15 +121,7 @@ class CreateEventExportOperator(BaseOperator):
     :param hook_params: extra keyword arguments for :class:`CometlyHook`.
     """
 
-    template_fields: Sequence[str] = (
-        "date",
-        "query_mode",
-        "event_names",
-        "sources",
-        "attribution_model",
-        "attribution_window",
-        "fields",
-    )
+    template_fields: Sequence[str] = EXPORT_PARAMS  # every API parameter, nothing else
     ui_color = "#fde9d9"
     #: Lower bound on attempts per export creation (each 429 waits out its ``Retry-After``).
     create_max_attempts: int = 15
