@@ -30,7 +30,12 @@ import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _report import measured_on, write_section  # bench/ is sys.path[0] when run as a script
+from _report import (  # bench/ is sys.path[0] when run as a script
+    measured_on,
+    print_results,
+    results_markdown,
+    write_section,
+)
 
 from cometly_provider.testing import spawn_simulator
 
@@ -210,18 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("simulator peak RSS (VmHWM)", f"{peak_rss_mb:.1f} MB (idle {idle_rss_kb * 1024 / MB:.1f} MB)"),
     ]
-    width = max(len(name) for name, _ in rows)
-    print()
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
-    print()
-    for name, ok in checks.items():
-        print(f"  [{'ok' if ok else 'FAIL'}] {name}")
-    passed = all(checks.values())
+    passed = print_results(rows, checks)
 
     if not args.no_write_docs:
-        table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-        verdict = "\n".join(f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in checks.items())
         section = (
             "## Simulator\n\n"
             "A 1,000,000-row export from the Cometly simulator (`cometly_provider.testing`), run as a\n"
@@ -232,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "the file is large enough to time; padded exports use zlib's `Z_RLE` strategy.\n"
             "MB = 10^6 bytes.\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
-            f"{measured_on()}.\n\n"
-            "| metric | value |\n|---|---|\n"
-            f"{table}\n\n{verdict}\n"
+            f"{measured_on()}.\n\n" + results_markdown(rows, checks)
         )
         write_section("Simulator", section)
         print(f"\n  wrote the Simulator section of {DOCS.relative_to(ROOT)}")

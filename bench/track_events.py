@@ -41,7 +41,13 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cometly-bench-air
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import requests
-from _report import measured_on, write_section  # bench/ is sys.path[0] when run as a script
+from _report import (  # bench/ is sys.path[0] when run as a script
+    fixed_windows,
+    measured_on,
+    print_results,
+    results_markdown,
+    write_section,
+)
 
 from cometly_provider.testing import SimulatorClient, spawn_simulator
 
@@ -88,17 +94,6 @@ def _naive_run(client: SimulatorClient, events: list[dict[str, Any]]) -> float:
     return time.perf_counter() - started
 
 
-def _windows(timestamps: list[float], window: float) -> list[tuple[float, int]]:
-    """(start, count) of the simulator's fixed windows, rebuilt from request arrival times."""
-    out: list[tuple[float, int]] = []
-    for ts in sorted(timestamps):
-        if out and ts < out[-1][0] + window:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((ts, 1))
-    return out
-
-
 def paced(n: int, limit: int, window: float, workers: int) -> dict[str, Any]:
     with spawn_simulator(window_seconds=window, rate_limits={"track": limit}) as client:
         _connect(client, rate_limit_window_seconds=window, retry_min_wait=0.1)
@@ -106,7 +101,7 @@ def paced(n: int, limit: int, window: float, workers: int) -> dict[str, Any]:
         records = client.requests_for("track")
         statuses = client.status_counts("track")
         stored = len(client.events)
-    windows = _windows([r.timestamp for r in records if r.status == 202], window)
+    windows = fixed_windows([r.timestamp for r in records if r.status == 202], window)
     # How long after a window's end the next one opened: the per-window latency of the pacing.
     reopen = [nxt - (start + window) for (start, _), (nxt, _) in itertools.pairwise(windows)]
     first, last_start = windows[0][0], windows[-1][0]
@@ -221,18 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         "operator faster than naive (loopback)": b[f"operator loopback {args.workers} threads"] > naive_fast,
         "operator faster than naive (50 ms)": b[f"operator 50 ms {args.workers} threads"] > naive_slow,
     }
-    width = max(len(name) for name, _ in rows)
-    print()
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
-    print()
-    for name, ok in checks.items():
-        print(f"  [{'ok' if ok else 'FAIL'}] {name}")
-    passed = all(checks.values())
+    passed = print_results(rows, checks)
 
     if not args.no_write_docs:
-        table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-        verdict = "\n".join(f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in checks.items())
         section = (
             "## Tracking\n\n"
             "`TrackEventOperator` against the Cometly simulator run as a subprocess (`spawn_simulator`).\n"
@@ -251,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency injected (`inject('track', 'delay', seconds=0.05)`), where concurrency pays. On\n"
             "loopback both sides are CPU-bound Python on the same 2 cores, so the gain there is small.\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
-            f"{measured_on()}.\n\n"
-            "| metric | value |\n|---|---|\n"
-            f"{table}\n\n{verdict}\n"
+            f"{measured_on()}.\n\n" + results_markdown(rows, checks)
         )
         write_section("Tracking", section)
         print(f"\n  wrote the Tracking section of {DOCS.relative_to(ROOT)}")

@@ -36,6 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _report import (  # bench/ is sys.path[0] when run as a script (tests add it)
+    fixed_windows,
+    measured_on,
+    print_results,
+    results_markdown,
+    write_section,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 DAG_ID = "load_dag"
@@ -133,16 +141,6 @@ class LoadResult:
         until the server's window resets. That can happen once per window.
         """
         return self.tasks * self.max_workers * len(self.windows)
-
-
-def _windows(timestamps: list[float], window: float) -> list[tuple[float, int]]:
-    out: list[tuple[float, int]] = []
-    for ts in sorted(timestamps):
-        if out and ts < out[-1][0] + window:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((ts, 1))
-    return out
 
 
 def run_load(
@@ -249,7 +247,7 @@ def run_load(
         stored=len(stored_events),
         unique_keys=len({e.get("idempotency_key") for e in stored_events}),
         unique_emails=len({e.get("email") for e in stored_events}),
-        windows=_windows([r.timestamp for r in records if r.status == 202], window),
+        windows=fixed_windows([r.timestamp for r in records if r.status == 202], window),
         wall_s=wall,
         arrivals=[
             (r.timestamp, r.status, str((r.json or {}).get("email", "?")).split("-")[0]) for r in records
@@ -320,20 +318,10 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
         )
         rows.append((f"task {r['task_id']}", value))
     verdicts = checks(result)
-    width = max(len(name) for name, _ in rows)
-    print()
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
-    print()
-    for name, ok in verdicts.items():
-        print(f"  [{'ok' if ok else 'FAIL'}] {name}")
-    # Imported here: tests load this harness by path, without bench/ on sys.path.
-    from _report import measured_on, write_section
+    print_results(rows, verdicts)
 
     if not args.no_write_docs:
         command = "/work/venv/bin/python bench/track_load.py" + (" " + shlex.join(argv) if argv else "")
-        table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-        verdict = "\n".join(f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in verdicts.items())
         section = (
             "## Load\n\n"
             "Several `TrackEventOperator` tasks sharing one Space, each in its own process (its own\n"
@@ -352,9 +340,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
             "before `now + Retry-After`: `Retry-After` is whole seconds rounded up, and sleeping it as\n"
             "is made every window reopen 0.3-0.9 s late here (0.91-0.94 of the allowed rate).\n\n"
             f"Command (from the repository root):\n\n```\n{command}\n```\n\n"
-            f"{measured_on()}.\n\n"
-            "| metric | value |\n|---|---|\n"
-            f"{table}\n\n{verdict}\n"
+            f"{measured_on()}.\n\n" + results_markdown(rows, verdicts)
         )
         write_section("Load", section)
         print(f"\n  wrote the Load section of {DOCS.relative_to(ROOT)}")

@@ -22,6 +22,9 @@ TASKS, EVENTS_PER_TASK, LIMIT, WINDOW, MAX_WORKERS = 4, 500, 1000, 4.0, 8
 
 
 def _harness() -> ModuleType:
+    bench = str(ROOT / "bench")
+    if bench not in sys.path:
+        sys.path.append(bench)  # for the harness's own `from _report import ...`
     spec = importlib.util.spec_from_file_location(
         "cometly_bench_track_load", ROOT / "bench" / "track_load.py"
     )
