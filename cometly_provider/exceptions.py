@@ -95,3 +95,14 @@ class CometlyDownloadRangeIgnoredError(CometlyDownloadError):
 
 class CometlyDownloadIntegrityError(CometlyDownloadError):
     """The downloaded bytes are not a complete, valid gzip stream (corrupt, truncated or trailing data)."""
+
+
+class CometlyTaskKilled(BaseException):
+    """The task was killed (SIGTERM, so Airflow ran ``on_kill``) while it was sending or writing.
+
+    ``on_kill`` raises it in the main thread, so it unwinds whatever the task was doing through its
+    clean-up (uploads aborted, queued events not sent). A ``BaseException``, so no ``except
+    Exception`` on the way (urllib3, retry loops) swallows it; and deliberately not Airflow's
+    ``AirflowTaskTerminated``, which the Task SDK treats as final: with this error a killed try
+    (a pod eviction, a worker's warm shutdown) goes to ``up_for_retry`` while retries are left.
+    """

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook, mask_secret
 from requests.adapters import HTTPAdapter
 
 from cometly_provider import __version__
@@ -271,6 +272,59 @@ class CometlyHook(BaseHook):
 
     def rate_limiter(self, endpoint: str) -> EndpointRateLimiter | None:
         return get_rate_limiter(self.space, endpoint, self.rate_limit_policy)
+
+    def check_settings(self) -> None:
+        """Resolve every connection setting now, so that a mistake fails before the first request.
+
+        Raises :class:`CometlyInputError` naming the connection and the field at fault (missing
+        connection or API key, a host that is not an http(s) URL, extras that are not a JSON object
+        or hold a bad value). Operators call it first, so ``allow_failures`` cannot hide it.
+        """
+        conn_id = self.cometly_conn_id
+        try:
+            connection = self.connection
+        except AirflowNotFoundException:
+            raise CometlyInputError(
+                f"Cometly connection {conn_id!r} is not defined: create it (type cometly, API key in "
+                "the password field)",
+                field="cometly_conn_id",
+            ) from None
+        raw_extra = (connection.extra or "").strip()
+        try:
+            extras = json.loads(raw_extra) if raw_extra else {}
+        except ValueError:
+            extras = None
+        if not isinstance(extras, dict):
+            raise CometlyInputError(
+                f"Cometly connection {conn_id!r}: extra is not a JSON object", field="extra"
+            )
+        self.api_key  # noqa: B018 - raises, naming the connection, when the key is missing
+        parts = urlsplit(self.host)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in self.host):
+            raise CometlyInputError(
+                f"Cometly connection {conn_id!r}: host={connection.host!r} is not an http(s) URL "
+                f"(leave it empty for {DEFAULT_HOST})",
+                field="host",
+            )
+        checks: tuple[tuple[str, Callable[[], Any]], ...] = (
+            ("extra timeout / connect_timeout", lambda: self.timeout),
+            ("extra max_attempts / retry_min_wait / retry_max_wait", lambda: self.retry_policy),
+            ("extra rate_limits / rate_limit_window_seconds", lambda: self.rate_limit_policy),
+        )
+        for name, resolve in checks:
+            try:
+                value = resolve()
+            except CometlyInputError as err:
+                raise CometlyInputError(str(err), field=name.split()[1]) from None
+            except (TypeError, ValueError, AttributeError) as err:
+                raise CometlyInputError(
+                    f"Cometly connection {conn_id!r}: {name} is invalid: {err}", field=name.split()[1]
+                ) from None
+            if name.startswith("extra timeout") and min(value) <= 0:
+                raise CometlyInputError(
+                    f"Cometly connection {conn_id!r}: {name} must be > 0 seconds, got {value!r}",
+                    field="timeout",
+                )
 
     # --- HTTP ------------------------------------------------------------------------------------
 

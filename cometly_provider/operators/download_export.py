@@ -8,12 +8,7 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import Asset, BaseOperator
 
-try:
-    from airflow.sdk.exceptions import AirflowTaskTerminated
-except ImportError:  # pragma: no cover - Airflow 3.0
-    from airflow.exceptions import AirflowTaskTerminated  # type: ignore[no-redef,attr-defined,unused-ignore]
-
-from cometly_provider.exceptions import CometlyExportFailedError, CometlyInputError
+from cometly_provider.exceptions import CometlyExportFailedError, CometlyInputError, CometlyTaskKilled
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.utils.redaction import (
     export_id_of_redacted_url,
@@ -212,12 +207,14 @@ class DownloadEventExportOperator(BaseOperator):
         Airflow calls this from the task's SIGTERM handler, in the main thread, and does not stop
         ``execute`` itself. Raising here unwinds the transfer through ``writer.abort()``, so a killed
         task leaves no partial object and no orphaned multipart upload. The error is a
-        ``BaseException``, so no ``except Exception`` on the way (urllib3, the hook) can swallow it.
+        ``BaseException``, so no ``except Exception`` on the way (urllib3, the hook) can swallow it,
+        and not ``AirflowTaskTerminated`` (final for the Task SDK): the task keeps its retries.
         """
         if getattr(self, "_interruptible", False):
             self._interruptible = False
-            raise AirflowTaskTerminated(
-                "the task was killed during the export download; the upload was aborted"
+            raise CometlyTaskKilled(
+                "the task was killed during the export download; the upload was aborted and the "
+                "task can be retried"
             )
 
     def _validated(self) -> tuple[Destination, str | None, int | None]:

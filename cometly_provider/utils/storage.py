@@ -125,6 +125,10 @@ class ObjectWriter(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
+    @abstractmethod
+    def remove(self) -> bool:
+        """Delete the destination if it exists (a stale one from an earlier try); ``True`` if it did."""
+
 
 class _PartWriter(ObjectWriter):
     """Cuts the byte stream into ``part_size`` parts uploaded by a bounded thread pool.
@@ -321,6 +325,12 @@ class S3MultipartWriter(_PartWriter):
         self._reset_parts()
         self.upload_id = None
 
+    def remove(self) -> bool:
+        if not self._exists():
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        return True
+
     def set_size_hint(self, size: int | None) -> None:
         super().set_size_hint(size)
         if size and self.upload_id is None and self._buffer is None and size > self.part_size * S3_MAX_PARTS:
@@ -488,6 +498,15 @@ class GCSResumableWriter(_PartWriter):
         self._reset_parts()
         self.session_url = None
 
+    def remove(self) -> bool:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._blob().delete(client=self.client)
+        except NotFound:
+            return False
+        return True
+
     def _workers(self) -> int:
         return 1  # chunks of one session must arrive in order
 
@@ -623,6 +642,12 @@ class LocalFileWriter(ObjectWriter):
 
     def _exists(self) -> bool:
         return self.path.exists()
+
+    def remove(self) -> bool:
+        if not self.path.is_file():
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
 
     def _start(self) -> None:
         if self.path.is_dir():

@@ -23,7 +23,6 @@ from urllib.parse import parse_qsl, urlsplit
 import pendulum
 import pytest
 import requests
-from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from cometly_provider.exceptions import (
     CometlyDownloadError,
@@ -31,6 +30,7 @@ from cometly_provider.exceptions import (
     CometlyDownloadIntegrityError,
     CometlyExportFailedError,
     CometlyInputError,
+    CometlyTaskKilled,
 )
 from cometly_provider.exports import completed_result
 from cometly_provider.hooks.cometly import CometlyHook
@@ -477,7 +477,7 @@ def test_killed_task_aborts_the_upload(
 
     monkeypatch.setattr(S3MultipartWriter, "_upload_part", upload_then_get_killed)
     try:
-        with pytest.raises(AirflowTaskTerminated, match="killed"):
+        with pytest.raises(CometlyTaskKilled, match="killed"):
             op.execute(_context())
     finally:
         signal.signal(signal.SIGUSR1, previous)

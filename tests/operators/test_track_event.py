@@ -33,8 +33,11 @@ from cometly_provider.exceptions import (
     CometlyInputError,
     CometlyValidationError,
 )
-from cometly_provider.operators.track_event import TrackEventOperator, _Stats, derive_idempotency_key
+from cometly_provider.operators.track_event import TrackEventOperator, derive_idempotency_key
 from cometly_provider.testing import spawn_simulator
+from cometly_provider.tracking.batch import TrackingBatch
+from cometly_provider.tracking.sender import Stats
+from cometly_provider.tracking.sources import EventSource, event_source
 from tests.conftest import cometly_conn_uri
 
 WINDOW = 1.0
@@ -81,6 +84,16 @@ def _without_key(event: dict[str, Any]) -> dict[str, Any]:
 
 def _keys(sim: Any) -> list[str]:
     return [e["idempotency_key"] for e in sim.events]
+
+
+def _source(op: TrackEventOperator) -> tuple[EventSource, bool]:
+    return event_source(
+        event=op.event, events=op.events, event_fields=op.event_fields, storage_conn_id=op.storage_conn_id
+    )
+
+
+def _batch(op: TrackEventOperator, **context: Any) -> TrackingBatch:
+    return TrackingBatch(op.tracking_settings(), op.key_scope(_context(**context)), op.log)
 
 
 # --- construction (no network) ----------------------------------------------------------------------
@@ -140,7 +153,7 @@ def test_keyword_fields_are_rendered_and_typed() -> None:
     op.render_template_fields(
         {"params": {"email": "a@example.com", "amount": 12.5, "capi_off": True}, "ds": "2024-01-15"}
     )
-    source, single = op._source()
+    source, single = _source(op)
     assert single
     assert list(source.rows()) == [
         (
@@ -160,11 +173,11 @@ def test_rendered_json_and_python_literal_strings_are_parsed() -> None:
     events = _purchases(2)
     for text in (json.dumps(events), str(events)):
         op = TrackEventOperator(task_id="t", events=text)
-        source, single = op._source()
+        source, single = _source(op)
         assert not single
         assert [row for _, row in source.rows()] == events
     op = TrackEventOperator(task_id="t", event=json.dumps(events[0]))
-    assert [row for _, row in op._source()[0].rows()] == [events[0]]
+    assert [row for _, row in _source(op)[0].rows()] == [events[0]]
 
 
 @pytest.mark.parametrize(
@@ -180,7 +193,7 @@ def test_rendered_json_and_python_literal_strings_are_parsed() -> None:
 def test_bad_events_value_is_named(events: Any, message: str) -> None:
     op = TrackEventOperator(task_id="t", events=events)
     with pytest.raises(CometlyInputError, match=message):
-        op._source()
+        _source(op)
 
 
 # --- idempotency keys (no network) ---------------------------------------------------------------------
@@ -189,11 +202,11 @@ def test_bad_events_value_is_named(events: Any, message: str) -> None:
 def _derived_keys(events: list[dict[str, Any]], **context: Any) -> dict[str, list[str]]:
     """content -> keys, as the operator assigns them (validation pass, then the send pass)."""
     op = TrackEventOperator(task_id="t", events=events)
-    source, _ = op._source()
-    plan = op._validate(source, _Stats())
-    identity = op._task_identity(_context(**context))
+    source, _ = _source(op)
+    batch = _batch(op, **context)
+    plan = batch.validate(source, Stats())
     out: dict[str, list[str]] = {}
-    for item in op._items(source, plan, identity):
+    for item in batch.items(source, plan):
         content = json.dumps(_without_key(item.payload), sort_keys=True)
         out.setdefault(content, []).append(item.payload["idempotency_key"])
     return out
@@ -206,19 +219,25 @@ def test_keys_follow_content_not_position() -> None:
     random.Random(7).shuffle(shuffled)
     assert _derived_keys(shuffled) == forward
     repeated = forward[json.dumps(_purchases(1)[0], sort_keys=True)]
-    assert len(repeated) == len(set(repeated)) == 3  # identical events are still three events
-    assert len({k for keys in forward.values() for k in keys}) == len(events)
+    assert len(repeated) == 3
+    assert len(set(repeated)) == 1  # identical events: one logical event
+    assert len({k for keys in forward.values() for k in keys}) == 50
     assert all(len(k) == 40 and int(k, 16) >= 0 for keys in forward.values() for k in keys)
 
 
-def test_keys_depend_on_run_and_map_index_unless_dag_scoped() -> None:
+def test_keys_depend_on_the_run_scope_only() -> None:
     event = _purchases(1)[0]
     first = derive_idempotency_key(event, dag_id=DAG_ID, task_id=TASK_ID, run_id="r1")
     assert first == _derived_keys([event], run_id="r1")[json.dumps(event, sort_keys=True)][0]
+    # The map index is not part of the scope: any mapped instance gives the event the same key.
+    assert first == _derived_keys([event], run_id="r1", map_index=3)[json.dumps(event, sort_keys=True)][0]
     assert derive_idempotency_key(event, dag_id=DAG_ID, task_id=TASK_ID, run_id="r2") != first
-    assert derive_idempotency_key(event, dag_id=DAG_ID, task_id=TASK_ID, run_id="r1", map_index=0) != first
+    assert derive_idempotency_key(event, dag_id=DAG_ID, task_id="other", run_id="r1") != first
     dag_scoped = derive_idempotency_key(event, dag_id=DAG_ID, task_id=TASK_ID, run_id=None)
-    assert dag_scoped not in (first,)
+    assert dag_scoped != first
+    # idempotency_scope="dag" is the dag_id only: other tasks and runs of the DAG share the key.
+    assert derive_idempotency_key(event, dag_id=DAG_ID, task_id="other", run_id=None) == dag_scoped
+    assert derive_idempotency_key(event, dag_id="other_dag", task_id=TASK_ID, run_id=None) != dag_scoped
     # Normalized content: a datetime and its ISO form are the same event.
     with_time = {**event, "event_time": dt.datetime(2024, 1, 15, 10, 30, tzinfo=dt.UTC)}
     with_iso = {**event, "event_time": "2024-01-15T10:30:00Z"}
@@ -410,14 +429,16 @@ def test_failed_events_listed_inline_when_no_path(sim: Any) -> None:
     json.dumps(result)
 
 
-def test_no_failures_still_rewrites_a_stale_failed_events_file(sim: Any, tmp_path: Path) -> None:
+def test_no_failures_removes_a_stale_failed_events_file_and_creates_none(sim: Any, tmp_path: Path) -> None:
     path = tmp_path / "failed.ndjson"
     path.write_text('{"stale": true}\n')
-    result = _run(
-        TrackEventOperator(task_id=TASK_ID, events=_purchases(3), failed_events_path=f"file://{path}")
-    )
-    assert result["failed"] == 0
-    assert path.read_text() == ""
+    op = TrackEventOperator(task_id=TASK_ID, events=_purchases(3), failed_events_path=f"file://{path}")
+    result = _run(op)
+    assert (result["failed"], result["failed_events_path"]) == (0, None)
+    assert not path.exists()  # the earlier try's list is gone, and no empty file took its place
+    assert list(tmp_path.iterdir()) == []
+    _run(op)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_retry_after_a_mid_batch_outage_stores_each_event_once(sim: Any) -> None:
@@ -501,13 +522,16 @@ def test_idempotency_scope_run_versus_dag(sim: Any) -> None:
     assert len(sim.events) == 20
 
 
-def test_identical_events_in_one_batch_are_all_stored_once(sim: Any) -> None:
+def test_identical_events_in_one_run_are_one_logical_event(
+    sim: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
     events = [_purchases(1)[0]] * 3 + _purchases(2, start=1)
     first = _run(TrackEventOperator(task_id=TASK_ID, events=events))
-    assert first["sent"] == 5
+    assert (first["sent"], first["duplicates"]) == (3, 2)
+    assert "2 events have identical content as an earlier event of this batch" in "".join(capfd.readouterr())
     again = _run(TrackEventOperator(task_id=TASK_ID, events=list(reversed(events))))
     assert (again["sent"], again["duplicates"]) == (0, 5)
-    assert len(sim.events) == 5
+    assert len(sim.events) == 3
 
 
 def test_progress_lines_during_a_batch(sim: Any, capfd: pytest.CaptureFixture[str]) -> None:
@@ -618,11 +642,12 @@ def test_file_replaced_between_validation_and_sending_is_not_sent(sim: Any, tmp_
     path = tmp_path / "events.ndjson"
     path.write_bytes(_ndjson(_purchases(5)))
     op = TrackEventOperator(task_id=TASK_ID, events=str(path))
-    source, _ = op._source()
-    plan = op._validate(source, _Stats())
+    source, _ = _source(op)
+    batch = _batch(op)
+    plan = batch.validate(source, Stats())
     path.write_bytes(_ndjson(_purchases(6)))
     with pytest.raises(CometlyInputError, match="changed after it was validated"):
-        list(op._items(source, plan, b"identity"))
+        list(batch.items(source, plan))
 
 
 # --- object storage ----------------------------------------------------------------------------------
