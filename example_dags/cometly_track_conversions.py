@@ -6,9 +6,9 @@ pipeline a warehouse query or a file your loader wrote) and shapes each row into
 ``purchase`` event; ``track_conversions`` (TrackEventOperator) validates every event, then sends
 the batch concurrently at Cometly's rate limit (1,000 events/min per Space).
 
-Each event gets an ``idempotency_key`` derived from the task's identity and the event's content,
-and carries its ``order_id``: if the task is retried or cleared, Cometly stores each conversion
-once. The task returns a summary (sent, duplicates, skipped, failed) in XCom and fails if any event
+Each event gets an ``idempotency_key`` derived from the run (dag, task, run id) and the event's
+canonical content, never from its position or map index, and carries its ``order_id``: if the task
+is retried or cleared, even with its orders re-chunked, Cometly stores each conversion once. The task returns a summary (sent, duplicates, skipped, failed) in XCom and fails if any event
 could not be delivered, after writing those to ``failed_events_path`` for a replay.
 
 ``cometly_track_conversions_mapped``: the same, fanned out with dynamic task mapping, one mapped

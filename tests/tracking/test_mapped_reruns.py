@@ -2,7 +2,7 @@
 
 ``dag.test()`` with the same logical date and run_after replaces the run under the same run_id, as
 clearing it does; the upstream then returns the same events reordered and re-chunked (and, in one case, with a
-late arrival), so events land on other map indexes. Before 0.2 the map index was part of the key:
+late arrival), so events land on other map indexes. In 0.1.0 the map index was part of the key:
 3 leads -> 6 stored, 5 leads with a late arrival -> 7 stored.
 """
 
