@@ -1,14 +1,17 @@
-"""Run a one-task DAG with real Airflow in this process: ``python -m tests.reliability.run_dag SPEC``.
+"""Run a DAG of provider tasks with real Airflow here: ``python -m tests.reliability.run_dag SPEC``.
 
 The SIGTERM tests start it as a subprocess and send it SIGTERM mid-task. ``dag.test()`` runs each
 try through the Task SDK's task runner, which installs the SIGTERM handler that calls ``on_kill``
 and maps the task's exception to ``up_for_retry`` or ``failed``, then runs the next try itself
-(``retry_delay=0``). SPEC is a JSON file::
+(``retry_delay=0``). SPEC is a JSON file; the tasks run one after the other, in the order given::
 
-    {"operator": "track" | "download", "kwargs": {...}, "dag_id": ..., "retries": 1}
+    {"dag_id": ..., "tasks": [{"task_id": ..., "operator": "track" | "download", "kwargs": {...}}],
+     "retries": 1}
 
-The last line on stdout is JSON: the run's state and every try of the task,
-``{"run_id": ..., "state": ..., "tries": [{"try_number": 1, "state": "up_for_retry"}, ...]}``.
+The last line on stdout is JSON: the run's state and every try of each task,
+``{"run_id": ..., "state": ..., "tries": {"<task_id>": [{"try_number": 1, "state": "failed"}, ...]}}``
+(Airflow's history keeps a try that went ``up_for_retry`` as ``failed``; the log's
+``new_state=`` lines tell them apart).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _tries(dag_id: str, run_id: str) -> list[dict[str, Any]]:
+def _tries(dag_id: str, run_id: str) -> dict[str, list[dict[str, Any]]]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.taskinstancehistory import TaskInstanceHistory
     from airflow.utils.session import create_session
@@ -30,10 +33,10 @@ def _tries(dag_id: str, run_id: str) -> list[dict[str, Any]]:
             *session.query(TaskInstanceHistory).filter_by(dag_id=dag_id, run_id=run_id),
             *session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id),
         ]
-        return sorted(
-            ({"try_number": row.try_number, "state": str(row.state)} for row in rows),
-            key=lambda t: t["try_number"],
-        )
+        tries: dict[str, list[dict[str, Any]]] = {}
+        for row in sorted(rows, key=lambda r: r.try_number):
+            tries.setdefault(row.task_id, []).append({"try_number": row.try_number, "state": str(row.state)})
+        return tries
 
 
 def main(spec_path: str) -> int:
@@ -47,14 +50,19 @@ def main(spec_path: str) -> int:
     operators: dict[str, Any] = {"track": TrackEventOperator, "download": DownloadEventExportOperator}
     start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     with DAG(spec["dag_id"], schedule=None, start_date=start) as dag:
-        task = operators[spec["operator"]](
-            task_id="subject",
-            retries=spec.get("retries", 1),
-            retry_delay=dt.timedelta(0),
-            **spec["kwargs"],
-        )
-        if spec["operator"] == "download":
-            task.resume_wait_s = 0
+        previous = None
+        for item in spec["tasks"]:
+            task = operators[item["operator"]](
+                task_id=item["task_id"],
+                retries=spec.get("retries", 1),
+                retry_delay=dt.timedelta(0),
+                **item["kwargs"],
+            )
+            if item["operator"] == "download":
+                task.resume_wait_s = 0
+            if previous is not None:
+                previous >> task
+            previous = task
     run = run_dag(dag)
     print(
         json.dumps({"run_id": run.run_id, "state": str(run.state), "tries": _tries(dag.dag_id, run.run_id)}),

@@ -2,10 +2,12 @@
 
 Real Airflow in its own process (``tests.reliability.run_dag``: ``dag.test()``, whose Task SDK task
 runner installs the SIGTERM handler that calls ``on_kill`` and decides retry or failure); this
-test process holds the simulator and the moto S3 server and sends the signal. ``on_kill`` raises
-``CometlyTaskKilled`` (a retryable ``BaseException``): try 1 ends ``up_for_retry`` with its upload
-aborted, try 2 runs and succeeds. With 0.1.0's ``AirflowTaskTerminated`` try 1 was ``failed`` for
-good, whatever ``retries`` said.
+test process holds the simulator and the moto S3 server and sends the signals. ``on_kill`` raises
+``CometlyTaskKilled`` (a retryable ``BaseException``): the killed try ends ``up_for_retry`` with
+its upload aborted, the next try succeeds. With 0.1.0's ``AirflowTaskTerminated`` the try was
+``failed`` for good, whatever ``retries`` said.
+
+One DAG run covers both operators (a tracking batch, then a download), so Airflow starts once.
 """
 
 from __future__ import annotations
@@ -36,9 +38,46 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_with_sigterm(
-    tmp_path: Path, spec: dict[str, Any], ready: Callable[[], bool], before_signal: Callable[[], None]
-) -> tuple[dict[str, Any], str]:
+def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 180
+    while not ready():
+        assert process.poll() is None, f"the run ended before {what}: {process.stdout.read()}"  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_sigterm_mid_batch_and_mid_download_are_retried(
+    sim: Any, bucket: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, name = bucket
+    n = 300
+    events = purchases(n, tag="sigterm")
+    source = tmp_path / "conversions.ndjson"
+    source.write_text("".join(json.dumps(e) + "\n" for e in events))
+    failed = tmp_path / "failed.ndjson"
+    export_id, direct = _big_completed_export(sim)  # cut at 6 MB, then the resume hangs: signal there
+    sim.inject("track", "delay", seconds=0.02, times=None)  # about 200 events/s: time to signal
+    dag_id = f"sigterm_{uuid.uuid4().hex[:8]}"
+    spec = {
+        "dag_id": dag_id,
+        "retries": 1,
+        "tasks": [
+            {
+                "task_id": "track",
+                "operator": "track",
+                "kwargs": {"events": str(source), "max_workers": 4, "failed_events_path": str(failed)},
+            },
+            {
+                "task_id": "download",
+                "operator": "download",
+                "kwargs": {
+                    "export_id": export_id,
+                    "destination": f"s3://{name}/e.ndjson.gz",
+                    "part_size": 5 * 1024 * 1024,
+                },
+            },
+        ],
+    }
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     process = subprocess.Popen(
@@ -50,81 +89,43 @@ def _run_with_sigterm(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert process.poll() is None, f"the run ended before the signal: {process.stdout.read()}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "timed out waiting to send SIGTERM"
-            time.sleep(0.01)
-        before_signal()
-        process.send_signal(signal.SIGTERM)
+        _wait_for(process, lambda: len(sim.events) >= 80, "80 events were stored")
+        sim.clear_faults("track")
+        process.send_signal(signal.SIGTERM)  # mid-batch: requests in flight, events queued
+
+        def uploading_and_resuming() -> bool:
+            return _resume_hanging(sim) and bool(client.list_multipart_uploads(Bucket=name).get("Uploads"))
+
+        _wait_for(process, uploading_and_resuming, "a part was uploaded and the download resumed")
+        sim.clear_faults()
+        process.send_signal(signal.SIGTERM)  # mid-download: a 5 MiB part up, the resume hanging
         out, _ = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
     assert process.returncode == 0, out[-3000:]
-    return json.loads(out.strip().splitlines()[-1]), out
+    outcome = json.loads(out.strip().splitlines()[-1])
 
-
-def _assert_retried(outcome: dict[str, Any], log: str) -> None:
-    """Try 1 was handed back for retry (not failed for good) and try 2 succeeded."""
-    states = [line.split("new_state=")[1].split()[0] for line in log.splitlines() if "new_state=" in line]
-    assert states == ["up_for_retry", "success"], log[-3000:]
-    # The history keeps the killed try as "failed"; what matters is that there was a second one.
-    assert [t["try_number"] for t in outcome["tries"]] == [1, 2]
-    assert outcome["tries"][-1]["state"] == "success"
+    # Each killed try was handed back for retry (not failed for good); each retry succeeded.
+    states = [line.split("new_state=")[1].split()[0] for line in out.splitlines() if "new_state=" in line]
+    assert states == ["up_for_retry", "success", "up_for_retry", "success"], out[-3000:]
+    assert out.count("CometlyTaskKilled") >= 2
+    assert {task: [t["try_number"] for t in tries] for task, tries in outcome["tries"].items()} == {
+        "track": [1, 2],
+        "download": [1, 2],
+    }
     assert outcome["state"] == "success"
 
-
-def test_sigterm_mid_download_to_s3_is_retried_and_lands_identical(
-    sim: Any, bucket: tuple[Any, str], tmp_path: Path
-) -> None:
-    client, name = bucket
-    export_id, direct = _big_completed_export(sim)  # cut at 6 MB, then the resume hangs: kill there
-    spec = {
-        "operator": "download",
-        "dag_id": f"sigterm_download_{uuid.uuid4().hex[:8]}",
-        "kwargs": {
-            "export_id": export_id,
-            "destination": f"s3://{name}/e.ndjson.gz",
-            "part_size": 5 * 1024 * 1024,
-        },
-    }
-
-    def uploading_and_resuming() -> bool:
-        return _resume_hanging(sim) and bool(client.list_multipart_uploads(Bucket=name).get("Uploads"))
-
-    outcome, log = _run_with_sigterm(tmp_path, spec, uploading_and_resuming, sim.clear_faults)
-    _assert_retried(outcome, log)
-    assert outcome["state"] == "success"
-    assert "CometlyTaskKilled" in log
-    # Try 1 aborted its own multipart upload: try 2 found none to clean up.
-    assert "left unfinished by an earlier try" not in log
-    assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=True)
-    assert_no_orphaned_uploads(client, name)
-    result = xcom_value(spec["dag_id"], "subject", outcome["run_id"])
-    assert result["sha256"] == direct.sha256
-
-
-def test_sigterm_mid_tracking_batch_is_retried_and_stores_each_event_once(sim: Any, tmp_path: Path) -> None:
-    n = 300
-    events = purchases(n, tag="sigterm")
-    source = tmp_path / "conversions.ndjson"
-    source.write_text("".join(json.dumps(e) + "\n" for e in events))
-    failed = tmp_path / "failed.ndjson"
-    spec = {
-        "operator": "track",
-        "dag_id": f"sigterm_track_{uuid.uuid4().hex[:8]}",
-        "kwargs": {"events": str(source), "max_workers": 4, "failed_events_path": str(failed)},
-    }
-    sim.inject("track", "delay", seconds=0.02, times=None)  # about 200 events/s: time to signal
-
-    outcome, log = _run_with_sigterm(tmp_path, spec, lambda: len(sim.events) >= 80, sim.clear_faults)
-    _assert_retried(outcome, log)
-    assert "CometlyTaskKilled" in log
-    result = xcom_value(spec["dag_id"], "subject", outcome["run_id"])
-    assert (result["total"], result["failed"], result["failed_events_path"]) == (n, 0, None)
-    assert result["sent"] + result["duplicates"] == n
-    assert result["duplicates"] >= 80  # what try 1 stored comes back as duplicates
+    tracked = xcom_value(dag_id, "track", outcome["run_id"])
+    assert (tracked["total"], tracked["failed"], tracked["failed_events_path"]) == (n, 0, None)
+    assert tracked["sent"] + tracked["duplicates"] == n
+    assert tracked["duplicates"] >= 80  # what the killed try stored comes back as duplicates
     assert_stored_exactly_once(sim, events)
     assert not failed.exists()
+
+    # The killed download aborted its own multipart upload: the retry found none to clean up.
+    assert "left unfinished by an earlier try" not in out
+    assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=True)
+    assert_no_orphaned_uploads(client, name)
+    assert xcom_value(dag_id, "download", outcome["run_id"])["sha256"] == direct.sha256
