@@ -261,7 +261,7 @@ class TrackingBatch:
             basis = (
                 f"the same idempotency_fields ({', '.join(self.settings.idempotency_fields)})"
                 if self.settings.idempotency_fields
-                else "identical content"
+                else "the same content"
             )
             self.log.warning(
                 "%d events have %s as an earlier event of this batch: they are the same logical event "

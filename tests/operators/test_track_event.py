@@ -528,7 +528,7 @@ def test_identical_events_in_one_run_are_one_logical_event(
     events = [_purchases(1)[0]] * 3 + _purchases(2, start=1)
     first = _run(TrackEventOperator(task_id=TASK_ID, events=events))
     assert (first["sent"], first["duplicates"]) == (3, 2)
-    assert "2 events have identical content as an earlier event of this batch" in "".join(capfd.readouterr())
+    assert "2 events have the same content as an earlier event of this batch" in "".join(capfd.readouterr())
     again = _run(TrackEventOperator(task_id=TASK_ID, events=list(reversed(events))))
     assert (again["sent"], again["duplicates"]) == (0, 5)
     assert len(sim.events) == 3
