@@ -8,8 +8,9 @@ the batch concurrently at Cometly's rate limit (1,000 events/min per Space).
 
 Each event gets an ``idempotency_key`` derived from the run (dag, task, run id) and the event's
 canonical content, never from its position or map index, and carries its ``order_id``: if the task
-is retried or cleared, even with its orders re-chunked, Cometly stores each conversion once. The task returns a summary (sent, duplicates, skipped, failed) in XCom and fails if any event
-could not be delivered, after writing those to ``failed_events_path`` for a replay.
+is retried or cleared, even with its orders re-chunked, Cometly stores each conversion once. The
+task returns a summary (sent, duplicates, skipped, failed) in XCom and fails if any event could not
+be delivered, after writing those to ``failed_events_path`` for a replay.
 
 ``cometly_track_conversions_mapped``: the same, fanned out with dynamic task mapping, one mapped
 ``TrackEventOperator`` per chunk of orders, useful to see per-chunk progress and retry a chunk
