@@ -149,3 +149,18 @@ def test_bad_idempotency_fields_fail_at_parse_time(value: Any, message: str) -> 
     with pytest.raises(CometlyInputError, match=re.escape(message)) as err:
         TrackEventOperator(task_id="t", events=[], idempotency_fields=value)
     assert err.value.field == "idempotency_fields"
+
+
+def test_an_event_without_its_natural_key_is_invalid_unless_it_has_its_own_key() -> None:
+    from types import SimpleNamespace
+
+    from cometly_provider.tracking.batch import TrackingBatch
+    from cometly_provider.tracking.sender import Stats
+    from cometly_provider.tracking.sources import ListSource
+
+    events = [{**BASE, "order_id": "o-1"}, BASE, {**BASE, "idempotency_key": "mine"}]
+    op = TrackEventOperator(task_id="t", events=events, idempotency_fields=["order_id"])
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
+    batch = TrackingBatch(op.tracking_settings(), op.key_scope({"ti": ti}), op.log)  # type: ignore[arg-type]
+    with pytest.raises(CometlyInputError, match=r"index 1: order_id is missing, but idempotency_fields"):
+        batch.validate(ListSource(events, "3 events"), Stats())
