@@ -67,7 +67,11 @@ class FailureSink:
             return None
         if self._open:
             self._open = False
-            writer.commit()
+            try:
+                writer.commit()
+            except BaseException:
+                writer.abort()  # no half-written object, nor a multipart upload left behind
+                raise
             return writer.uri
         if writer.remove():
             self.log.info("Removed %s: it listed an earlier try's failures, and none failed now", writer.uri)
