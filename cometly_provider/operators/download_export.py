@@ -222,6 +222,13 @@ class DownloadEventExportOperator(BaseOperator):
                 "task can be retried"
             )
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): Cometly events in, the destination out."""
+        from cometly_provider.lineage import export_lineage
+
+        hook = CometlyHook(self.cometly_conn_id, **self.hook_params)
+        return export_lineage(hook, self.destination)
+
     def _validated(self) -> tuple[Destination, str | None, int | None]:
         """Check every input before any request; errors name the field and never echo a signature."""
         _check_settings(
