@@ -17,13 +17,16 @@ FieldType = Literal["string", "integer", "number", "boolean", "object"]
 
 @dataclass(frozen=True)
 class ExtraField:
-    """One key of the connection's ``extra`` JSON, as the form shows it."""
+    """One key of the connection's ``extra`` JSON, as the form shows it.
+
+    The description is the field's help text in the form; say the default there. (Airflow 3's form
+    shows no per-field placeholder for extras.)
+    """
 
     name: str
     label: str
     type: FieldType
     description: str
-    placeholder: str = ""
     minimum: float | None = None
     enum: tuple[str, ...] = ()
     #: Only where the form would otherwise show something else than the hook does (a toggle shows
@@ -31,32 +34,34 @@ class ExtraField:
     default: Any = None
 
 
+# One line per extra: add yours here and it appears in the form on every supported Airflow.
 EXTRA_FIELDS: tuple[ExtraField, ...] = (
-    ExtraField("timeout", "Read timeout (s)", "number", "Seconds to wait for a reply (default 60).", "60", 1),
+    ExtraField(
+        "timeout", "Read timeout (s)", "number", "Seconds to wait for a reply (default 60).", minimum=1
+    ),
     ExtraField(
         "connect_timeout",
         "Connect timeout (s)",
         "number",
         "Seconds to wait for a connection (default: the read timeout, at most 10).",
-        "10",
-        0,
+        minimum=0,
     ),
     ExtraField(
         "max_attempts",
         "Max attempts",
         "integer",
         "Attempts per request, first try included, for 429, 5xx and network errors (default 5).",
-        "5",
-        1,
+        minimum=1,
     ),
-    ExtraField("retry_min_wait", "Retry min wait (s)", "number", "First back-off wait (default 1).", "1", 0),
+    ExtraField(
+        "retry_min_wait", "Retry min wait (s)", "number", "First back-off wait (default 1).", minimum=0
+    ),
     ExtraField(
         "retry_max_wait",
         "Retry max wait (s)",
         "number",
         "Cap on any back-off wait, Retry-After included when the limiter is off (default 60).",
-        "60",
-        0,
+        minimum=0,
     ),
     ExtraField(
         "rate_limits",
@@ -64,15 +69,13 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "object",
         "Per-endpoint overrides of the limits per window: keys track, export_create, export_status, "
         'events; e.g. {"track": 500} to leave room for another client of the same Space.',
-        '{"track": 1000}',
     ),
     ExtraField(
         "rate_limit_window_seconds",
         "Rate-limit window (s)",
         "number",
         "Length of Cometly's rate-limit window (60 in production).",
-        "60",
-        0,
+        minimum=0,
     ),
     ExtraField(
         "rate_limiting",
@@ -85,8 +88,8 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "timezone",
         "Space timezone",
         "string",
-        "IANA timezone of the Cometly Space; a Cometly day is a day in this timezone (default UTC).",
-        "America/Los_Angeles",
+        "IANA timezone of the Cometly Space, e.g. America/Los_Angeles; a Cometly day is a day in "
+        "this timezone (default UTC).",
     ),
 )
 
@@ -99,7 +102,6 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "host": DEFAULT_HOST,
         "password": "Cometly API key (one key = one Space)",
         "port": "443",
-        **{field.name: field.placeholder for field in EXTRA_FIELDS if field.placeholder},
     },
 }
 
