@@ -45,7 +45,7 @@ PY
     tests/test_provider.py \
     tests/hooks/test_connection_form.py \
     tests/e2e \
-    tests/operators/test_early_errors.py \
+    tests/operators/test_early_errors.py::test_missing_storage_provider_fails_in_the_constructor \
     tests/test_lineage.py::test_download_reports_cometly_events_in_and_the_destination_out \
     tests/test_lineage.py::test_create_reports_cometly_events_in \
     "$@"
