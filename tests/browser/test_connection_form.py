@@ -55,17 +55,17 @@ def page(api_server: ApiServer) -> Iterator[Any]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 1700})
+            tab = browser.new_page(viewport={"width": 1280, "height": 1900})
             tab.set_default_timeout(20_000)
             yield tab
         finally:
             browser.close()
 
 
-def _shot(page: Any, name: str) -> Path:
+def _shot(page: Any, name: str, *, full_page: bool = True) -> Path:
     path = OUTPUT / "browser" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 
@@ -105,7 +105,8 @@ def _press_test(page: Any, conn_id: str) -> str:
     toast = page.get_by_role("status").filter(has_text="Test Connection").last
     toast.wait_for()
     text: str = toast.inner_text()
-    _shot(page, f"{conn_id}-2-tested")
+    page.wait_for_timeout(800)  # the toast slides in: let the screenshot show it whole
+    _shot(page, f"{conn_id}-2-tested", full_page=False)
     return text
 
 
