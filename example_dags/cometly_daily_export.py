@@ -55,6 +55,7 @@ with DAG(
     tags=["cometly", "example"],
     doc_md=__doc__,
 ) as dag:
+    # [START howto_create_export]
     create_export = CreateEventExportOperator(
         task_id="create_export",
         date="{{ ds }}",
@@ -63,7 +64,9 @@ with DAG(
         attribution_model="{{ params.attribution_model }}",
         attribution_window="{{ params.attribution_window }}",
     )
+    # [END howto_create_export]
 
+    # [START howto_wait_for_export]
     wait_for_export = EventExportSensor(
         task_id="wait_for_export",
         export_id=create_export.output,
@@ -71,11 +74,14 @@ with DAG(
         poke_interval=int(os.environ.get("COMETLY_EXAMPLE_POLL_SECONDS", "30")),
         timeout=60 * 60,
     )
+    # [END howto_wait_for_export]
 
+    # [START howto_download_export]
     download_export = DownloadEventExportOperator(
         task_id="download_export",
         download_url=wait_for_export.output,
         destination="s3://{{ params.bucket }}/{{ params.prefix }}/dt={{ ds }}/events.ndjson.gz",
     )
+    # [END howto_download_export]
 
     create_export >> wait_for_export >> download_export

@@ -22,8 +22,10 @@ from cometly_provider.utils.storage import (
     NDJSON_CONTENT_TYPE,
     Destination,
     check_part_size,
+    check_scheme_available,
     open_writer,
     parse_destination,
+    static_scheme,
 )
 from cometly_provider.utils.transfer import ExportTransfer, MiB
 
@@ -114,6 +116,9 @@ class DownloadEventExportOperator(BaseOperator):
         self._interruptible = False
         # Fail at parse time for what templates cannot change.
         _check_settings(part_size, max_concurrency, max_resume_attempts, decompress, replace)
+        scheme = static_scheme(destination)
+        if scheme is not None:
+            check_scheme_available(scheme, destination)
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
         super().render_template_fields(context, jinja_env)
@@ -216,6 +221,13 @@ class DownloadEventExportOperator(BaseOperator):
                 "the task was killed during the export download; the upload was aborted and the "
                 "task can be retried"
             )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): Cometly events in, the destination out."""
+        from cometly_provider.lineage import export_lineage
+
+        hook = CometlyHook(self.cometly_conn_id, **self.hook_params)
+        return export_lineage(hook, self.destination)
 
     def _validated(self) -> tuple[Destination, str | None, int | None]:
         """Check every input before any request; errors name the field and never echo a signature."""

@@ -241,6 +241,12 @@ class CreateEventExportOperator(BaseOperator):
         self.log.info("Cometly %s", describe(result))
         return result
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the export reads the Space's Cometly events."""
+        from cometly_provider.lineage import export_lineage
+
+        return export_lineage(CometlyHook(self.cometly_conn_id, **self.hook_params))
+
     def _create(self, hook: CometlyHook, body: Mapping[str, Any]) -> int:
         response = self._creation_hook(hook).create_event_export(**body)
         try:
