@@ -93,7 +93,11 @@ _URL_PATHS: tuple[str, ...] = ("checkout/success", "thank-you", "pricing", "blog
 # id is what makes real exports compress ~8:1 rather than 15-25:1: it is random, one per visit.
 _LANDING_PATHS: tuple[str, ...] = (
     *_URL_PATHS,
-    *(f"products/{kind}-{n}" for kind in ("sneaker", "jacket", "backpack", "watch", "lamp") for n in range(40)),
+    *(
+        f"products/{kind}-{n}"
+        for kind in ("sneaker", "jacket", "backpack", "watch", "lamp")
+        for n in range(40)
+    ),
     *(f"blog/{topic}" for topic in ("attribution-101", "ios-tracking", "roas", "utm-guide", "capi")),
 )
 # (utm_source, utm_medium, click-id parameter, its length); two in five visits are untagged.
@@ -184,7 +188,9 @@ def eligible_sources(sources: tuple[str, ...] | None, model: str | None) -> tupl
 
 @lru_cache(maxsize=4)
 def _click_id_pool(seed: int) -> str:
-    return base64.urlsafe_b64encode(random.Random(f"{seed}:click-ids").randbytes(_CLICK_ID_POOL_BYTES)).decode()
+    return base64.urlsafe_b64encode(
+        random.Random(f"{seed}:click-ids").randbytes(_CLICK_ID_POOL_BYTES)
+    ).decode()
 
 
 def _landing_urls(click_ids: str, rand: memoryview, ev_ids: list[int], count: int) -> list[str]:

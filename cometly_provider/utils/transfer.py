@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cometly_provider.exceptions import (
     CometlyDownloadError,
@@ -45,12 +45,12 @@ EMPTY_GZIP = gzip.compress(b"", mtime=0)
 try:  # ISA-L inflates this data ~2x faster than stdlib zlib (docs/benchmarks.md, "Download")
     from isal import igzip_lib as _igzip_lib
 except ImportError:  # pragma: no cover - the wheel is a dependency, but may be missing on a platform
-    _igzip_lib = None
+    _igzip_lib = None  # type: ignore[assignment]
 
 #: The inflater used by default: ``"isal"`` when the ``isal`` wheel imports, else ``"zlib"``.
 INFLATER = "isal" if _igzip_lib is not None else "zlib"
-_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + (
-    (_igzip_lib.IsalError,) if _igzip_lib is not None else ()
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (
+    (zlib.error, cast("type[Exception]", _igzip_lib.IsalError)) if _igzip_lib is not None else (zlib.error,)
 )
 
 

@@ -73,8 +73,8 @@ def _ndjson(rows: int, *, trailing_newline: bool = True) -> bytes:
     max_piece=st.integers(min_value=1, max_value=5000),
 )
 def test_verifier_round_trips_any_chunking(
-    rows: int, trailing: bool, cuts: list[int], max_piece: int
-, inflater: str) -> None:
+    rows: int, trailing: bool, cuts: list[int], max_piece: int, inflater: str
+) -> None:
     plain = _ndjson(rows, trailing_newline=trailing)
     data = gzip.compress(plain)
     verifier = GzipVerifier(max_piece=max_piece, inflater=inflater)
@@ -431,6 +431,8 @@ def test_verification_runs_on_its_own_thread_and_its_failure_aborts() -> None:
 def test_transfer_with_each_inflater(inflater: str) -> None:
     for decompress in (False, True):
         writer = MemoryWriter()
-        result = _transfer(FakeSource(GZ, ["cut:7777"]), writer, decompress=decompress, inflater=inflater).run("u")
+        result = _transfer(
+            FakeSource(GZ, ["cut:7777"]), writer, decompress=decompress, inflater=inflater
+        ).run("u")
         assert writer.committed == (PLAIN if decompress else GZ)
         assert result.records == 3000
