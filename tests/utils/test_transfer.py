@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import random
 import threading
 import zlib
 from collections.abc import Iterator
@@ -26,7 +27,13 @@ from cometly_provider.exceptions import (
     CometlyDownloadIntegrityError,
     CometlyDownloadRangeIgnoredError,
 )
-from cometly_provider.utils.transfer import EMPTY_GZIP, INFLATER, ExportTransfer, GzipVerifier
+from cometly_provider.utils.transfer import (
+    EMPTY_GZIP,
+    INFLATER,
+    ExportTransfer,
+    GzipVerifier,
+    count_newlines,
+)
 
 # Every verifier test runs with ISA-L (the default) and with stdlib zlib (the fallback without the wheel).
 INFLATERS = ["isal", "zlib"]
@@ -436,3 +443,12 @@ def test_transfer_with_each_inflater(inflater: str) -> None:
         ).run("u")
         assert writer.committed == (PLAIN if decompress else GZ)
         assert result.records == 3000
+
+
+@pytest.mark.parametrize("with_numpy", [True, False])
+def test_count_newlines_with_and_without_numpy(monkeypatch: pytest.MonkeyPatch, with_numpy: bool) -> None:
+    if not with_numpy:
+        monkeypatch.setattr("cometly_provider.utils.transfer._numpy", None)
+    data = bytes(random.Random(7).choice(b"ab\n") for _ in range(100_000))
+    for piece in (data, data[:4095], data[:4096], b"", b"\n" * 5000):
+        assert count_newlines(piece) == piece.count(b"\n")
