@@ -272,18 +272,18 @@ def _part_sizes(client: Any, name: str, key: str) -> list[int]:
 def test_s3_parts_grow_to_stay_within_the_part_cap(
     bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, hint: int | None
 ) -> None:
-    # The cap lowered to 6 parts: 46 MiB of 5 MiB parts would need 10. Growing (doubling after each
-    # tenth of the cap, here every part) fits them in 5 unequal parts of >= 5 MiB.
-    monkeypatch.setattr("cometly_provider.utils.storage.S3_MAX_PARTS", 6)
+    # The cap lowered to 4 parts: 26 MiB of 5 MiB parts would need 6. Growing (doubling after each
+    # tenth of the cap, here every part) fits them in 3 unequal parts of >= 5 MiB.
+    monkeypatch.setattr("cometly_provider.utils.storage.S3_MAX_PARTS", 4)
     client, name = bucket
-    data = _payload(46 * MiB)
+    data = _payload(26 * MiB)
     writer = _writer(f"s3://{name}/grown.gz", max_concurrency=2)
     writer.begin()
     writer.set_size_hint(hint)  # None: decompress=True or no Content-Length; else a size that lies
     _write_and_commit(writer, data)
     assert client.get_object(Bucket=name, Key="grown.gz")["Body"].read() == data
     sizes = _part_sizes(client, name, "grown.gz")
-    assert len(sizes) <= 6
+    assert len(sizes) <= 4
     assert all(size >= 5 * MiB for size in sizes[:-1])
     assert _uploads(client, name) == []
 
