@@ -10,7 +10,11 @@ component's log and of the latest task logs is attached to its report.
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +25,21 @@ _ACTIVE: list[Deployment] = []
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    # Under pytest's basetemp, so the logs of the last few sessions are kept after the run.
-    home = tmp_path_factory.mktemp("airflow-deployment")
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    # Not under pytest's basetemp, which keeps only the last three sessions of every pytest run on
+    # the machine: when a test failed, the whole AIRFLOW_HOME (logs, DB) stays for a post-mortem.
+    home = Path(tempfile.mkdtemp(prefix="cometly-deployment-"))
+    failed_before = request.session.testsfailed
     with running_deployment(home) as running:
         _ACTIVE.append(running)
         try:
             yield running
         finally:
             _ACTIVE.remove(running)
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        print(f"\nDeployment logs kept in {running.logs_dir}", file=sys.stderr)
 
 
 @pytest.fixture(autouse=True)

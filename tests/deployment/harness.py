@@ -92,6 +92,7 @@ class Deployment:
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+                # No Fernet key: trigger kwargs stay readable in the DB (see ``triggers()``).
                 "AIRFLOW__CORE__FERNET_KEY": "",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__API__HOST": "127.0.0.1",
@@ -108,6 +109,10 @@ class Deployment:
                 "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(
                     self.logs_dir / "dag-processor-files"
                 ),
+                # Eight task processes parsing their DAG file at once on two busy cores can take
+                # longer than the 30 s default; the task is then rescheduled, not run.
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "150",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
                 # Short loops so the suite is quick: the defaults are tuned for big installations.
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
                 "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
@@ -204,13 +209,23 @@ class Deployment:
 
         Returns the main process's exit code (negative: the signal that ended it).
         """
+        members = self._signal(component, sig)
+        return self._reap(component, members, timeout)
+
+    def _signal(self, component: str, sig: int) -> list[int]:
         process = self._processes.get(component)
         if process is None:
-            return None
+            return []
         # The group's members found before signalling: workers can outlive the group leader.
         members = self.process_tree(component) if process.poll() is None else []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
+        return members
+
+    def _reap(self, component: str, members: list[int], timeout: float) -> int | None:
+        process = self._processes.get(component)
+        if process is None:
+            return None
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -234,11 +249,17 @@ class Deployment:
         return code
 
     def stop(self) -> None:
-        """Stop every component (scheduler first, so it schedules nothing more), by PID."""
+        """Stop every component by PID: SIGTERM to all at once, SIGKILL to what is left after 30 s."""
+        members: dict[str, list[int]] = {}
         for component in ("scheduler", "triggerer", "dag-processor", "api-server"):
             try:
-                self.stop_component(component)
+                members[component] = self._signal(component, signal.SIGTERM)
             except Exception as err:  # keep stopping the others
+                print(f"stopping {component} failed: {err}", file=sys.stderr)
+        for component, pids in members.items():
+            try:
+                self._reap(component, pids, timeout=30)
+            except Exception as err:
                 print(f"stopping {component} failed: {err}", file=sys.stderr)
         for handle in self._log_handles.values():
             handle.close()
@@ -282,6 +303,21 @@ class Deployment:
         folder = self.logs_dir / "tasks"
         files = [p for p in folder.rglob("*.log*") if p.is_file()] if folder.exists() else []
         return sorted(files, key=lambda p: p.stat().st_mtime)
+
+    def trigger_log_path(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        triggerer_job_id: int,
+        try_number: int = 1,
+        map_index: int = -1,
+    ) -> Path:
+        """Where a triggerer job writes the log of a task try's trigger (one file per triggerer job)."""
+        folder = self.logs_dir / "tasks" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder /= f"map_index={map_index}"
+        return folder / f"attempt={try_number}.log.trigger.{triggerer_job_id}.log"
 
     # --- CLI ----------------------------------------------------------------------------------------
 
@@ -544,6 +580,39 @@ class Deployment:
         data = self.api("GET", "/variables", params={"limit": 1000})
         return {v["key"]: v["value"] for v in data["variables"]}
 
+    def triggers(self) -> dict[int, dict[str, Any]]:
+        """The trigger table (id -> classpath, kwargs, created_date, triggerer_id), kwargs decoded.
+
+        The REST API hides trigger kwargs; the deployment runs without a Fernet key, so the table
+        holds them as Airflow serialized them and the triggerer reads them back.
+        """
+        with contextlib.closing(self.db()) as db:
+            rows = db.execute(
+                "SELECT id, classpath, kwargs, created_date, triggerer_id FROM trigger"
+            ).fetchall()
+        return {
+            row[0]: {
+                "classpath": row[1],
+                "kwargs": _unwrap(json.loads(row[2])),
+                "created_date": row[3],
+                "triggerer_id": row[4],
+            }
+            for row in rows
+        }
+
+    def task_process(self, ti_id: str) -> int | None:
+        """PID of the process running a task instance's code (not its supervisor), if running.
+
+        The Task SDK titles it ``airflow worker -- <task instance id>``.
+        """
+        import psutil
+
+        for pid in self.process_tree("scheduler"):
+            with contextlib.suppress(psutil.Error):
+                if f"airflow worker -- {ti_id}" in " ".join(psutil.Process(pid).cmdline()):
+                    return pid
+        return None
+
     def db(self) -> sqlite3.Connection:
         """A read-only connection to the metadata DB (for what the REST API does not show)."""
         return sqlite3.connect(f"file:{self.home / 'airflow.db'}?mode=ro", uri=True, timeout=30)
@@ -570,6 +639,17 @@ def _after(timestamp: Any, since: float) -> bool:
     from datetime import datetime
 
     return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp() >= since - 1
+
+
+def _unwrap(value: Any) -> Any:
+    """Airflow's serialized form (``{"__type": ..., "__var": ...}``) back to plain JSON values."""
+    if isinstance(value, dict):
+        if "__var" in value:
+            return _unwrap(value["__var"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
 
 
 def _ignore_caches(_: str, names: list[str]) -> list[str]:

@@ -97,7 +97,7 @@ with DAG(
 # Eight mapped TrackEventOperator instances on one Space. The events carry no order_id, so only
 # the idempotency key can de-duplicate them; a later try of ``chunk_events`` (after a clear) returns
 # the same events in another order and other chunk sizes, as an upstream query without ORDER BY may.
-TRACK_EVENTS = 200
+TRACK_EVENTS = 120
 TRACK_CHUNKS = 8
 
 
