@@ -59,6 +59,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "deployment" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.deployment)
+            # The first one also pays for starting the deployment (a minute or two on busy cores).
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(600))
 
 
 @pytest.hookimpl(wrapper=True)
