@@ -210,7 +210,10 @@ def main_deployment() -> None:
     started = time.monotonic()
     say("Starting a local Airflow deployment (api-server, scheduler, dag-processor, triggerer)")
     with running_deployment(
-        queued_seconds=1.0, processing_seconds=4.0, export_rows=EXPORT_ROWS
+        # Long enough that the sensor finds the export still processing and defers to the triggerer.
+        queued_seconds=1.0,
+        processing_seconds=15.0,
+        export_rows=EXPORT_ROWS,
     ) as deployment:
         say(
             f"Airflow {deployment.api_url} (AIRFLOW_HOME {deployment.home}) up in "
@@ -238,7 +241,8 @@ def main_deployment() -> None:
         print()
         print(f"{'dag_id':34} {'task':24} {'state':10} tries")
         for dag_id, run_id in runs:
-            for ti in deployment.task_instances(dag_id, run_id):
+            tis = deployment.task_instances(dag_id, run_id)
+            for ti in sorted(tis, key=lambda t: (t["start_date"] or "9", t["map_index"])):
                 task = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
                 print(f"{dag_id:34} {task:24} {ti['state'] or '-':10} {ti['try_number']}")
         landed = deployment.xcom("cometly_daily_export", backfill["dag_run_id"], "download_export")
@@ -250,6 +254,10 @@ def main_deployment() -> None:
         deferred = "yes" if "Trigger fired event" in log else "no (the export was ready at the first poll)"
         print(f"  sensor deferred    {deferred}; {wait['state']} after {wait['try_number']} try")
         print(f"  simulator stored   {len(deployment.simulator.events)} events")
+        others = [r for r in deployment.runs("cometly_daily_export") if r["run_type"] == "scheduled"]
+        if others:
+            # catchup=False: unpausing the DAG schedules its latest interval as well.
+            print(f"  also scheduled     {', '.join(r['dag_run_id'] for r in others)} (latest interval)")
         print(f"  component logs     {deployment.logs_dir}")
 
 

@@ -11,10 +11,10 @@ them, so they must not depend on the chunk (map_index) an event landed in: 0 new
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cometly_provider.testing import DEFAULT_RATE_LIMITS
-from tests.deployment.dags.deployment_test_dags import TRACK_CHUNKS, TRACK_EVENTS, tracked_events
+from tests.deployment.dags.deployment_test_dags import TRACK_CHUNKS, TRACK_EVENTS, TRACK_TAG, tracked_events
 from tests.deployment.harness import WINDOW_SECONDS
 from tests.reliability.invariants import content
 
@@ -25,6 +25,11 @@ DAG_ID = "deployment_track_mapped"
 TRACK_LIMIT = 40  # per WINDOW_SECONDS: the 120 events need three windows
 
 
+def _stored(deployment: Deployment) -> list[dict[str, Any]]:
+    """This test's events among everything the session's simulator stored."""
+    return [e for e in deployment.simulator.events if str(e.get("email", "")).startswith(TRACK_TAG)]
+
+
 def _summaries(deployment: Deployment, run_id: str) -> list[dict[str, int]]:
     return [deployment.xcom(DAG_ID, run_id, "track_chunk", map_index=i) for i in range(TRACK_CHUNKS)]
 
@@ -33,7 +38,6 @@ def test_mapped_tracking_in_parallel_stores_each_event_once_even_after_a_reorder
     deployment: Deployment,
 ) -> None:
     sim = deployment.simulator
-    sim.reset()  # only this test's events in the store
     sim.update_config(rate_limits={**DEFAULT_RATE_LIMITS, "track": TRACK_LIMIT})
     deployment.set_connection(
         "cometly_contended",
@@ -62,7 +66,7 @@ def test_mapped_tracking_in_parallel_stores_each_event_once_even_after_a_reorder
     first = _summaries(deployment, run_id)
     assert sum(s["sent"] for s in first) == TRACK_EVENTS
     assert sum(s["failed"] for s in first) == 0
-    stored = sim.events
+    stored = _stored(deployment)
     assert len(stored) == TRACK_EVENTS
     assert Counter(content(e) for e in stored) == Counter(content(e) for e in sent)
     assert len({e["idempotency_key"] for e in stored}) == TRACK_EVENTS
@@ -77,4 +81,4 @@ def test_mapped_tracking_in_parallel_stores_each_event_once_even_after_a_reorder
     assert sum(s["total"] for s in second) == TRACK_EVENTS
     assert sum(s["failed"] for s in second) == 0
     assert sum(s["duplicates"] for s in second) == TRACK_EVENTS
-    assert len(sim.events) == TRACK_EVENTS  # 0 new events
+    assert len(_stored(deployment)) == TRACK_EVENTS  # 0 new events

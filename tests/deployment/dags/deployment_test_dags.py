@@ -98,6 +98,8 @@ with DAG(
 # the idempotency key can de-duplicate them; a later try of ``chunk_events`` (after a clear) returns
 # the same events in another order and other chunk sizes, as an upstream query without ORDER BY may.
 TRACK_EVENTS = 120
+#: Marks these events among the others the session's simulator stores.
+TRACK_TAG = "deployment-track-mapped"
 TRACK_CHUNKS = 8
 
 
@@ -105,7 +107,7 @@ def tracked_events() -> list[dict[str, Any]]:
     return [
         {
             "event_name": "purchase",
-            "email": f"buyer{i}@example.com",
+            "email": f"{TRACK_TAG}-{i}@example.com",
             "amount": round(10 + i * 0.37, 2),
             "event_time": f"2024-01-15T{8 + i // 60:02d}:{i % 60:02d}:00Z",
         }
