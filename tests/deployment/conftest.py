@@ -11,7 +11,6 @@ component's log and of the latest task logs is attached to its report.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from tests.deployment.harness import Deployment, running_deployment
 
 _ACTIVE: list[Deployment] = []
+_KEPT: list[Path] = []
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +39,7 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
     if request.session.testsfailed == failed_before:
         shutil.rmtree(home, ignore_errors=True)
     else:
-        print(f"\nDeployment logs kept in {running.logs_dir}", file=sys.stderr)
+        _KEPT.append(home)
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +53,11 @@ def _restore_simulator(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     sim.clear_faults()
     sim.update_config(**{k: v for k, v in saved.items() if k not in ("host", "port", "work_dir")})
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for home in _KEPT:
+        terminalreporter.write_line(f"deployment AIRFLOW_HOME (DB and logs) kept for a post-mortem: {home}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

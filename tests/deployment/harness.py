@@ -486,24 +486,39 @@ class Deployment:
     def wait_for_deferral(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, timeout: float = 120
     ) -> dict[str, Any]:
-        """Wait until the task is deferred *and* a triggerer runs its trigger; returns the task instance.
+        """Wait until the task is deferred, a triggerer runs its trigger, and the scheduler is settled.
 
-        Its ``trigger`` (id, classpath, kwargs, created_date, triggerer_id) and ``triggerer_job``
-        (id, hostname, latest_heartbeat, ...) are filled in.
+        Settled: the scheduler has processed the executor's report of the deferring try. If the
+        trigger fires before that, Airflow 3.3 can take that stale report for a state mismatch and
+        fail the resumed try (apache/airflow#72716); tests that hold the trigger (e.g. with a
+        status fault) until this returns are immune to that race. Returns the task instance, with
+        its ``trigger`` (id, classpath, created_date, triggerer_id) and ``triggerer_job``.
         """
         deadline = time.monotonic() + timeout
         ti: dict[str, Any] = {}
         while time.monotonic() < deadline:
             ti = self.task_instance(dag_id, run_id, task_id, map_index)
             if ti.get("state") == "deferred" and (ti.get("trigger") or {}).get("triggerer_id"):
-                return ti
-            if ti.get("state") in ("success", "failed", "skipped", "upstream_failed"):
                 break
+            if ti.get("state") in ("success", "failed", "skipped", "upstream_failed"):
+                deadline = 0
             time.sleep(0.2)
-        raise DeploymentError(
-            f"{dag_id}/{run_id}/{task_id} not running in a triggerer (state {ti.get('state')}, "
-            f"trigger {ti.get('trigger')})"
-        )
+        else:
+            deadline = 0
+        if not deadline:
+            raise DeploymentError(
+                f"{dag_id}/{run_id}/{task_id} not running in a triggerer (state {ti.get('state')}, "
+                f"trigger {ti.get('trigger')})"
+            )
+        mark = f"ti_id={ti['id']}"
+        while time.monotonic() < deadline:
+            if any(
+                "TaskInstance Finished" in line and mark in line and "state=deferred" in line
+                for line in self.log_tail("scheduler", lines=3000).splitlines()
+            ):
+                return ti
+            time.sleep(0.5)
+        raise DeploymentError(f"the scheduler never processed the deferral of {dag_id}/{run_id}/{task_id}")
 
     def clear_run(self, dag_id: str, run_id: str, task_ids: Sequence[str] | None = None) -> None:
         """Clear the whole run (REST ``.../clear``), or only ``task_ids``, so the scheduler re-runs them."""

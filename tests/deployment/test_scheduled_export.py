@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
@@ -24,9 +24,18 @@ RUN_AT = "2024-01-16T00:00:00Z"
 EXPECTED_DAY = "2024-01-15"
 
 
+def _export_id(created: Any) -> int:
+    """The export id from the create task's XCom: the id itself, or a result dict holding it."""
+    if isinstance(created, dict):
+        created = created.get("export_id", created.get("id"))
+    return int(created)
+
+
 def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(deployment: Deployment) -> None:
     sim = deployment.simulator
-    sim.update_config(processing_seconds=15.0)  # still processing when the sensor first polls
+    # Status polls fail (503, transient) until the wait is deferred and settled: the sensor defers
+    # however fast the export is, and the trigger cannot fire inside Airflow's deferral race.
+    sim.inject("export_status", "status", code=503, times=None)
     deployment.wait_for_dags([DAG_ID])
     deployment.unpause(DAG_ID)
     backfill = deployment.api(
@@ -43,6 +52,7 @@ def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(dep
     # The sensor's wait really happens in the triggerer.
     deferred = deployment.wait_for_deferral(DAG_ID, run_id, "wait_for_export")
     assert deferred["triggerer_job"]["job_type"] == "TriggererJob"
+    sim.clear_faults("export_status")
 
     assert deployment.wait_for_run(DAG_ID, run_id, timeout=180) == "success"
     tries = {t["task_id"]: (t["state"], t["try_number"]) for t in deployment.task_instances(DAG_ID, run_id)}
@@ -56,7 +66,7 @@ def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(dep
     assert "Trigger fired event" in log  # written by the triggerer into the task's log
 
     # The right day: asked of Cometly, in the object's key, and in every record of the object.
-    export_id = deployment.xcom(DAG_ID, run_id, "create_export")
+    export_id = _export_id(deployment.xcom(DAG_ID, run_id, "create_export"))
     assert sim.exports[export_id].params["date"] == EXPECTED_DAY
     landed = deployment.xcom(DAG_ID, run_id, "download_export")
     assert f"/dt={EXPECTED_DAY}/" in landed["destination"]

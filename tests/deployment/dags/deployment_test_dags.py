@@ -56,7 +56,11 @@ with DAG(
     )
 
 
-# Deferral timeouts: the wait is shorter than the export takes.
+# Deferral timeouts: the wait is shorter than the export takes. 15 s rather than less: a trigger
+# that fires before the scheduler has processed the deferring try's exit can get the resumed try
+# failed by Airflow 3.3 (apache/airflow#72716), and that exit report can lag seconds on busy cores.
+WAIT_TIMEOUT_S = 15
+
 with DAG(
     dag_id="deployment_export_timeout",
     schedule=None,
@@ -71,7 +75,7 @@ with DAG(
         wait_for_completion=True,
         deferrable=True,
         poll_interval=1,
-        timeout=4,
+        timeout=WAIT_TIMEOUT_S,
     )
 
 with DAG(
@@ -88,7 +92,7 @@ with DAG(
         export_id=create.output,
         deferrable=True,
         poke_interval=1,
-        timeout=4,
+        timeout=WAIT_TIMEOUT_S,
         soft_fail=True,
     )
     DownloadEventExportOperator(task_id="download_export", download_url=wait.output, destination=DESTINATION)
