@@ -225,11 +225,7 @@ def main_deployment() -> None:
         # The daily export is scheduled, as in production: a backfill of the run that covers DAY.
         deployment.unpause("cometly_daily_export")
         say(f"Backfill cometly_daily_export for the run at {run_at} (exports the day before it)")
-        deployment.api(
-            "POST",
-            "/backfills",
-            json={"dag_id": "cometly_daily_export", "from_date": run_at, "to_date": run_at},
-        )
+        deployment.backfill("cometly_daily_export", run_at, run_at)
         (backfill,) = [r for r in deployment.runs("cometly_daily_export") if r["run_type"] == "backfill"]
         runs = [("cometly_daily_export", backfill["dag_run_id"])]
         for dag_id in dags[1:]:

@@ -38,11 +38,7 @@ def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(dep
     sim.inject("export_status", "status", code=503, times=None)
     deployment.wait_for_dags([DAG_ID])
     deployment.unpause(DAG_ID)
-    backfill = deployment.api(
-        "POST",
-        "/backfills",
-        json={"dag_id": DAG_ID, "from_date": RUN_AT, "to_date": RUN_AT, "max_active_runs": 1},
-    )
+    backfill = deployment.backfill(DAG_ID, RUN_AT, RUN_AT)
     assert backfill["dag_id"] == DAG_ID
 
     runs = [r for r in deployment.runs(DAG_ID) if r["run_type"] == "backfill"]
