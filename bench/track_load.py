@@ -49,7 +49,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 DAG_ID = "load_dag"
 RUN_ID = "manual__load"
 #: Seconds a worker may take to import Airflow and build its batch before the run is abandoned.
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 600.0
 
 
 def task_events(task: str, n: int) -> list[dict[str, Any]]:
@@ -151,8 +151,14 @@ def run_load(
     window: float = 6.0,
     max_workers: int = 8,
     workdir: Path | None = None,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Run ``tasks`` TrackEventOperator processes at once against one simulator; collect figures."""
+    """Run ``tasks`` TrackEventOperator processes at once against one simulator; collect figures.
+
+    ``extra`` is merged into the Cometly connection's extra (e.g. the Redis limiter backend);
+    ``env`` into the workers' environment (e.g. the Redis connection).
+    """
     from cometly_provider.testing import spawn_simulator
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cometly-load-"))
@@ -170,9 +176,14 @@ def run_load(
                     "host": client.base_url,
                     "password": client.api_key,
                     # Production retry settings; only the window is scaled.
-                    "extra": {"rate_limit_window_seconds": window, "rate_limits": {"track": limit}},
+                    "extra": {
+                        "rate_limit_window_seconds": window,
+                        "rate_limits": {"track": limit},
+                        **(extra or {}),
+                    },
                 }
             ),
+            **(env or {}),
         }
         procs: dict[str, subprocess.Popen[str]] = {}
         logs: dict[str, Path] = {}
