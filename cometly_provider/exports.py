@@ -215,10 +215,15 @@ def poll_export(hook: CometlyHook, export_id: int, log: LogLike) -> PollOutcome:
     return outcome
 
 
-async def apoll_export(hook: CometlyHook, export_id: int, log: LogLike) -> PollOutcome:
-    """Poll once without blocking the event loop; same contract as :func:`poll_export`."""
+async def apoll_export(
+    hook: CometlyHook, export_id: int, log: LogLike, *, deadline: float | None = None
+) -> PollOutcome:
+    """Poll once without blocking the event loop; same contract as :func:`poll_export`.
+
+    ``deadline`` (epoch seconds): the hook's waits and retries end there.
+    """
     try:
-        export = await hook.aget_event_export(export_id)
+        export = await hook.aget_event_export(export_id, deadline=deadline)
     except CometlyNotFoundError as err:
         raise not_found(export_id, err) from None
     except TRANSIENT_ERRORS as err:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv with the provider, its extras (storage, OpenLineage), the test tooling and
-# the dev tools (dependency groups "test" and "dev" of pyproject.toml).
+# Create (or reuse) .venv with the provider, its extras (storage, OpenLineage, Redis), the test tooling
+# (a Redis-protocol server binary among it) and the dev tools (dependency groups "test" and "dev").
 # Pinned by constraints/py311.txt so a fresh clone gets the versions CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
     "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
-        -c constraints/py311.txt -e ".[amazon,google,openlineage]" --group dev
+        -c constraints/py311.txt -e ".[amazon,google,openlineage,redis]" --group dev
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi

@@ -11,6 +11,7 @@ import copy
 import json
 import platform
 import random
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from cometly_provider.hooks.connection_fields import (
     connection_form_widgets,
 )
 from cometly_provider.hooks.rate_limit import (
-    DEFAULT_LIMITS,
+    DEFAULT_RATE_LIMIT_TIMEOUT,
     DEFAULT_WINDOW_SECONDS,
     EndpointRateLimiter,
     RateLimitPolicy,
@@ -85,17 +86,25 @@ def user_agent() -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How failed requests are retried. ``max_attempts`` counts the first try."""
+    """How failed requests are retried.
+
+    ``max_attempts`` counts the first try and every failure except 429: a 429 is a wait, not a
+    failure, and ``rate_limit_timeout`` bounds the time one request spends waiting for the rate
+    limit instead. ``max_wait`` caps every single wait, a ``Retry-After`` included.
+    """
 
     max_attempts: int = 5
     min_wait: float = 1.0
     max_wait: float = 60.0
+    rate_limit_timeout: float = DEFAULT_RATE_LIMIT_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"retry max_attempts={self.max_attempts!r} must be >= 1")
         if self.min_wait < 0 or self.max_wait < self.min_wait:
             raise ValueError(f"retry waits must satisfy 0 <= min_wait <= max_wait, got {self}")
+        if not self.rate_limit_timeout > 0:
+            raise ValueError(f"rate_limit_timeout={self.rate_limit_timeout!r} must be > 0 (seconds)")
 
 
 class _RetryableConnectionError(CometlyConnectionError):
@@ -159,6 +168,8 @@ class CometlyHook(BaseHook):
     :param max_attempts: attempts per request (first try included) for retryable failures.
     :param retry_min_wait: first exponential back-off wait in seconds.
     :param retry_max_wait: cap in seconds on any wait, including a server's ``Retry-After``.
+    :param rate_limit_timeout: seconds one request may wait for the rate limit (client-side holds
+        and 429s together; 429s do not count against ``max_attempts``), default 1800.
     :param rate_limits: per-endpoint overrides of the documented limits, e.g. ``{"track": 500}``.
     :param rate_limit_window: length of the rate-limit window in seconds (60 in production).
     :param rate_limiting: set ``False`` to disable the client-side limiter (the API still limits).
@@ -187,6 +198,7 @@ class CometlyHook(BaseHook):
         max_attempts: int | None = None,
         retry_min_wait: float | None = None,
         retry_max_wait: float | None = None,
+        rate_limit_timeout: float | None = None,
         rate_limits: Mapping[str, int] | None = None,
         rate_limit_window: float | None = None,
         rate_limiting: bool | None = None,
@@ -199,6 +211,7 @@ class CometlyHook(BaseHook):
         self._max_attempts = max_attempts
         self._retry_min_wait = retry_min_wait
         self._retry_max_wait = retry_max_wait
+        self._rate_limit_timeout = rate_limit_timeout
         self._rate_limits = dict(rate_limits) if rate_limits is not None else None
         self._rate_limit_window = rate_limit_window
         self._rate_limiting = rate_limiting
@@ -253,17 +266,27 @@ class CometlyHook(BaseHook):
     @cached_property
     def retry_policy(self) -> RetryPolicy:
         extras = self._extras
-        return RetryPolicy(
-            max_attempts=_first(self._max_attempts, extras.get("max_attempts"), 5, cast=int),
-            min_wait=_first(self._retry_min_wait, extras.get("retry_min_wait"), 1.0, cast=float),
-            max_wait=_first(self._retry_max_wait, extras.get("retry_max_wait"), 60.0, cast=float),
-        )
+        try:
+            return RetryPolicy(
+                max_attempts=_first(self._max_attempts, extras.get("max_attempts"), 5, cast=int),
+                min_wait=_first(self._retry_min_wait, extras.get("retry_min_wait"), 1.0, cast=float),
+                max_wait=_first(self._retry_max_wait, extras.get("retry_max_wait"), 60.0, cast=float),
+                rate_limit_timeout=_first(
+                    self._rate_limit_timeout,
+                    extras.get("rate_limit_timeout"),
+                    DEFAULT_RATE_LIMIT_TIMEOUT,
+                    cast=float,
+                ),
+            )
+        except ValueError as err:
+            raise CometlyInputError(f"Cometly connection {self.cometly_conn_id!r}: {err}") from err
 
     @cached_property
     def rate_limit_policy(self) -> RateLimitPolicy:
         extras = self._extras
-        limits = dict(DEFAULT_LIMITS)
-        limits.update(extras.get("rate_limits") or {})
+        # Explicit overrides only: the documented table is the limiter's starting assumption,
+        # X-RateLimit-Limit corrects it, and an explicit limit caps what is learnt.
+        limits = dict(extras.get("rate_limits") or {})
         limits.update(self._rate_limits or {})
         try:
             return RateLimitPolicy(
@@ -275,6 +298,8 @@ class CometlyHook(BaseHook):
                     cast=float,
                 ),
                 enabled=_first(self._rate_limiting, extras.get("rate_limiting"), True, cast=bool),
+                backend=str(extras.get("rate_limit_backend", "local")),  # type: ignore[arg-type]
+                redis_conn_id=extras.get("redis_conn_id", "redis_default"),
             )
         except ValueError as err:
             raise CometlyInputError(f"Cometly connection {self.cometly_conn_id!r}: {err}") from err
@@ -376,22 +401,56 @@ class CometlyHook(BaseHook):
             if session is not None:
                 session.close()
 
-    def _retrying(self, *, where: str, may_repeat: bool, gated: bool = False) -> tenacity.Retrying:
-        return tenacity.Retrying(**self._retry_kwargs(where=where, may_repeat=may_repeat, gated=gated))
+    def _retrying(
+        self,
+        *,
+        where: str,
+        may_repeat: bool,
+        limiter: EndpointRateLimiter | None = None,
+        rate_limit_deadline: float | None = None,
+    ) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            **self._retry_kwargs(
+                where=where, may_repeat=may_repeat, limiter=limiter, rate_limit_deadline=rate_limit_deadline
+            )
+        )
 
-    def _retry_kwargs(self, *, where: str, may_repeat: bool, gated: bool = False) -> dict[str, Any]:
+    def _rate_limit_deadline(self, deadline: float | None = None) -> float:
+        """When one request starting now stops waiting for the rate limit (``time.monotonic()``).
+
+        ``deadline`` is a caller's own limit (e.g. a trigger's), also monotonic.
+        """
+        budget_end = time.monotonic() + self.retry_policy.rate_limit_timeout
+        return budget_end if deadline is None else min(budget_end, deadline)
+
+    def _retry_kwargs(
+        self,
+        *,
+        where: str,
+        may_repeat: bool,
+        limiter: EndpointRateLimiter | None = None,
+        rate_limit_deadline: float | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
         """tenacity arguments shared by the sync and async paths.
 
         ``may_repeat`` says whether sending the request twice is harmless. When it is not (a track
         call without ``idempotency_key``), only failures that prove the server did not process the
-        request are retried: 429, and connections that were never established. ``gated`` says that
-        every attempt first passes the endpoint's rate limiter, which has seen each 429's
-        ``Retry-After``: the limiter then does the waiting.
+        request are retried: 429, and connections that were never established.
+
+        A 429 is a wait, not a failure: it does not count against ``max_attempts``; the request
+        keeps waiting until ``rate_limit_deadline`` (:meth:`_rate_limit_deadline`). Each wait is
+        capped at ``retry_max_wait``, ``Retry-After`` included; with a ``limiter`` the wait is the
+        limiter's estimate of the server's reset (tighter than the whole-second ``Retry-After``)
+        plus jitter. No wait at all runs past ``deadline`` (monotonic), a caller's hard limit.
         """
         policy = self.retry_policy
+        if rate_limit_deadline is None:
+            rate_limit_deadline = self._rate_limit_deadline(deadline)
         exponential = tenacity.wait_exponential_jitter(
             initial=policy.min_wait, max=policy.max_wait, jitter=policy.min_wait
         )
+        failures = 0  # attempts that count against max_attempts: all but 429s
 
         def should_retry(exc: BaseException) -> bool:
             if isinstance(exc, CometlyRateLimitError):
@@ -400,38 +459,58 @@ class CometlyHook(BaseHook):
                 return may_repeat or not exc.maybe_processed
             return isinstance(exc, CometlyServerError) and may_repeat
 
+        def count_failure(state: tenacity.RetryCallState) -> None:
+            nonlocal failures
+            if not isinstance(_exception(state), CometlyRateLimitError):
+                failures += 1
+
         def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
+            exc = _exception(state)
             if isinstance(exc, CometlyRateLimitError) and exc.retry_after is not None:
-                if gated:
-                    # The limiter's gate holds the retry (and every other request to the Space)
-                    # until its reset estimate, which can be up to a second tighter than the
-                    # whole-second Retry-After; sleeping Retry-After here as well kept the
-                    # threads that got a 429 idle for that second (measured: ~0.8 s of each
-                    # 6 s window lost with four processes sharing a Space).
-                    return 0.0
-                # Never earlier than the server asked; jitter spreads processes sharing the Space.
-                hint = min(exc.retry_after, policy.max_wait)
-                return hint + random.uniform(0, min(1.0, 0.1 * hint + 0.05))
+                if limiter is not None:
+                    hint = limiter.retry_wait(exc.retry_after)
+                else:
+                    # Never earlier than the server asked; jitter spreads processes sharing the Space.
+                    hint = exc.retry_after + random.uniform(0, min(1.0, 0.1 * exc.retry_after + 0.05))
+                return min(hint, policy.max_wait)
             return float(exponential(state))
 
+        def stop(state: tenacity.RetryCallState) -> bool:
+            resume_at = time.monotonic() + (state.upcoming_sleep or 0.0)
+            if deadline is not None and resume_at > deadline:
+                return True
+            if isinstance(_exception(state), CometlyRateLimitError):
+                return resume_at >= rate_limit_deadline
+            return failures >= policy.max_attempts
+
         def log_retry(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
+            exc = _exception(state)
             sleep = state.next_action.sleep if state.next_action else 0.0
-            held = gated and isinstance(exc, CometlyRateLimitError) and exc.retry_after is not None
+            if isinstance(exc, CometlyRateLimitError):
+                left = rate_limit_deadline - time.monotonic()
+                self.log.info(
+                    "Cometly %s: rate limited (%s); waiting %.1f s (429s do not count as attempts; "
+                    "this request waits up to %.0f s more for the limit)",
+                    where,
+                    exc,
+                    sleep,
+                    left,
+                )
+                return
             self.log.warning(
-                "Cometly %s: attempt %d/%d failed (%s); retrying %s",
+                "Cometly %s: attempt %d/%d failed (%s); retrying in %.1f s",
                 where,
-                state.attempt_number,
+                failures,
                 policy.max_attempts,
                 exc,
-                "when the rate limiter reopens" if held else f"in {sleep:.1f} s",
+                sleep,
             )
 
         return {
-            "stop": tenacity.stop_after_attempt(policy.max_attempts),
+            "stop": stop,
             "wait": wait,
             "retry": tenacity.retry_if_exception(should_retry),
+            "after": count_failure,
             "before_sleep": log_retry,
             "reraise": True,
         }
@@ -448,24 +527,33 @@ class CometlyHook(BaseHook):
         where = f"{method} {path}"
         limiter = self.rate_limiter(endpoint)
         url = self.api_base + path
-        for attempt in self._retrying(where=where, may_repeat=may_repeat, gated=limiter is not None):
+        rate_limit_deadline = self._rate_limit_deadline()
+        for attempt in self._retrying(
+            where=where, may_repeat=may_repeat, limiter=limiter, rate_limit_deadline=rate_limit_deadline
+        ):
             with attempt:
+                sent_at = None
                 if limiter is not None:
-                    limiter.acquire()
+                    sent_at = limiter.acquire(
+                        deadline=rate_limit_deadline, max_hold=self.retry_policy.max_wait
+                    )
                 try:
                     response = self.session.request(method, url, json=body, timeout=self.timeout)
                 except requests.RequestException as err:
                     raise _transport_error(where, err) from None
-                return self._handle(response, where, limiter)
+                return self._handle(response, where, limiter, sent_at)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def _handle(
-        self, response: requests.Response, where: str, limiter: EndpointRateLimiter | None
+        self,
+        response: requests.Response,
+        where: str,
+        limiter: EndpointRateLimiter | None,
+        sent_at: float | None = None,
     ) -> dict[str, Any]:
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         if limiter is not None:
-            remaining = _parse_int(response.headers.get("X-RateLimit-Remaining"))
-            limiter.observe(remaining, retry_after if response.status_code == 429 else None)
+            _observe(limiter, response.status_code, response.headers, retry_after, sent_at)
         if response.status_code >= 400:
             raise error_for_status(response.status_code, where, _api_message(response.content), retry_after)
         if not response.content:
@@ -504,8 +592,14 @@ class CometlyHook(BaseHook):
             mask_presigned_url(result["download_url"])
         return result
 
-    async def aget_event_export(self, export_id: int | str) -> dict[str, Any]:
-        """Async GET /events/exports/{id} for triggers: never blocks the event loop."""
+    async def aget_event_export(
+        self, export_id: int | str, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Async GET /events/exports/{id} for triggers: never blocks the event loop.
+
+        ``deadline`` (epoch seconds, like a trigger's ``end_time``): no rate-limit wait, retry
+        back-off or request runs past it; when it comes first, the last error is raised.
+        """
         import aiohttp
         from airflow.providers.common.compat.connection import get_async_connection
 
@@ -514,16 +608,30 @@ class CometlyHook(BaseHook):
         path = f"{EXPORTS_PATH}/{_export_id(export_id)}"
         where = f"GET {path}"
         limiter = self.rate_limiter("export_status")
+        hard_deadline = None if deadline is None else time.monotonic() + (deadline - time.time())
+        rate_limit_deadline = self._rate_limit_deadline(hard_deadline)
         connect, read = self.timeout
-        client_timeout = aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
-        async with aiohttp.ClientSession(headers=self.headers, timeout=client_timeout) as session:
+        async with aiohttp.ClientSession(headers=self.headers) as session:
             async for attempt in tenacity.AsyncRetrying(
-                **self._retry_kwargs(where=where, may_repeat=True, gated=limiter is not None)
+                **self._retry_kwargs(
+                    where=where,
+                    may_repeat=True,
+                    limiter=limiter,
+                    rate_limit_deadline=rate_limit_deadline,
+                    deadline=hard_deadline,
+                )
             ):
                 with attempt:
+                    sent_at = None
                     if limiter is not None:
-                        await limiter.acquire_async()
-                    result = await self._aget(session, self.api_base + path, where, limiter)
+                        sent_at = await limiter.acquire_async(
+                            deadline=rate_limit_deadline, max_hold=self.retry_policy.max_wait
+                        )
+                    total = None if hard_deadline is None else max(0.05, hard_deadline - time.monotonic())
+                    client_timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
+                    result = await self._aget(
+                        session, self.api_base + path, where, limiter, sent_at, client_timeout
+                    )
         if isinstance(result.get("download_url"), str):
             mask_presigned_url(result["download_url"])
         return result
@@ -534,11 +642,13 @@ class CometlyHook(BaseHook):
         url: str,
         where: str,
         limiter: EndpointRateLimiter | None,
+        sent_at: float | None,
+        timeout: aiohttp.ClientTimeout,
     ) -> dict[str, Any]:
         import aiohttp
 
         try:
-            async with session.get(url) as response:
+            async with session.get(url, timeout=timeout) as response:
                 body = await response.read()
                 headers = response.headers
                 status = response.status
@@ -549,9 +659,7 @@ class CometlyHook(BaseHook):
             ) from None
         retry_after = _parse_retry_after(headers.get("Retry-After"))
         if limiter is not None:
-            limiter.observe(
-                _parse_int(headers.get("X-RateLimit-Remaining")), retry_after if status == 429 else None
-            )
+            _observe(limiter, status, headers, retry_after, sent_at)
         if status >= 400:
             raise error_for_status(status, where, _api_message(body), retry_after)
         payload = json.loads(body) if body else {}
@@ -668,6 +776,26 @@ class DownloadStream:
             raise CometlyDownloadError(
                 f"Cometly {self.where}: connection broke mid-download ({type(err).__name__})"
             ) from None
+
+
+def _exception(state: tenacity.RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
+
+
+def _observe(
+    limiter: EndpointRateLimiter,
+    status: int,
+    headers: Mapping[str, str],
+    retry_after: float | None,
+    sent_at: float | None,
+) -> None:
+    """Feed an answer's rate-limit headers to the limiter (one place for the sync and async paths)."""
+    limiter.observe(
+        _parse_int(headers.get("X-RateLimit-Remaining")),
+        retry_after if status == 429 else None,
+        limit=_parse_int(headers.get("X-RateLimit-Limit")),
+        sent_at=sent_at,
+    )
 
 
 def _total_size(content_range: str | None, offset: int, length: int | None) -> int | None:

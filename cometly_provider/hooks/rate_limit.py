@@ -1,13 +1,21 @@
 """Client-side rate limiting per Cometly Space and endpoint.
 
-Two layers, both shared by every hook in the process that talks to the same Space:
+Each endpoint of each Space has one :class:`EndpointRateLimiter` per process, shared by every hook
+in that process (on Airflow 3 a process is one task instance: limiters are *not* shared between
+tasks, mapped instances or workers unless the Redis backend is on). It has three parts:
 
-* a pyrate-limiter sliding-window log at the documented per-minute limit, so one process never
-  sends more than the API allows in any window (a sliding window also satisfies the server's
-  fixed window, which is what keeps a single process at zero 429s);
-* a gate fed by the ``X-RateLimit-Remaining`` header: when other processes (other Celery workers,
-  other DAGs) share the Space, the server's remaining budget runs out before ours does, and the
-  gate then holds requests until the server's window is estimated to have reset.
+* a pyrate-limiter sliding-window log at the Space's per-window limit, so one process never sends
+  more than the API allows in any window (a sliding window also satisfies the server's fixed
+  window, which is what keeps a single process at zero 429s). By default the bucket is in memory;
+  with ``"rate_limit_backend": "redis"`` it is pyrate-limiter's Redis bucket, shared by every
+  process of the deployment (:mod:`cometly_provider.hooks.rate_limit_redis`), with the in-memory
+  bucket as the fallback while Redis is unreachable;
+* a gate fed by ``X-RateLimit-Remaining`` and 429 ``Retry-After``: when other processes share the
+  Space, the server's remaining budget runs out before ours does, and the gate then holds requests
+  until the server's window is estimated to have reset;
+* the limit itself, learnt from ``X-RateLimit-Limit``: the documented table below is only the
+  starting assumption (the vendor's pages disagree for some endpoints), and a limit set in the
+  connection extra caps what is learnt (a user may keep part of the Space for others).
 
 Limiters are keyed by a digest of host + API key, never by the key itself.
 """
@@ -16,15 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from pyrate_limiter import InMemoryBucket, Limiter, Rate
 
-# Documented limits per Space, per minute.
+from cometly_provider.exceptions import CometlyRateLimitError
+
+if TYPE_CHECKING:
+    from cometly_provider.hooks.rate_limit_redis import RedisSharedBucket
+
+log = logging.getLogger(__name__)
+
+#: Documented limits per Space, per minute, by endpoint key. The key is what the hook passes to
+#: :func:`get_rate_limiter`; a new endpoint needs one entry here and nothing else (until the
+#: server answers, this is the assumption; ``X-RateLimit-Limit`` then corrects it).
 DEFAULT_LIMITS: Mapping[str, int] = {
     "track": 1000,
     "export_create": 5,
@@ -32,17 +51,30 @@ DEFAULT_LIMITS: Mapping[str, int] = {
     "list": 7,
 }
 DEFAULT_WINDOW_SECONDS = 60.0
+#: How long one request may wait for the rate limit (client-side holds and 429s together) before
+#: it fails with :class:`CometlyRateLimitError`: 30 windows of the real API, so a daily job
+#: sharing its Space with a busy fleet still gets through, and a stuck one still ends.
+DEFAULT_RATE_LIMIT_TIMEOUT = 1800.0
+BACKENDS = ("local", "redis")
 #: How often a request held by the server-budget gate re-checks whether the gate has reopened.
 _GATE_RECHECK_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
 class RateLimitPolicy:
-    """Limits per endpoint within ``window_seconds``; ``enabled=False`` turns client limiting off."""
+    """How one connection limits its requests.
 
-    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    ``limits`` are explicit per-endpoint overrides (connection extra / hook argument) on top of
+    :data:`DEFAULT_LIMITS`; ``enabled=False`` turns client limiting off; ``backend`` is where the
+    sliding-window bucket lives (``"local"``: this process; ``"redis"``: shared through
+    ``redis_conn_id``).
+    """
+
+    limits: Mapping[str, int] = field(default_factory=dict)
     window_seconds: float = DEFAULT_WINDOW_SECONDS
     enabled: bool = True
+    backend: Literal["local", "redis"] = "local"
+    redis_conn_id: str = "redis_default"
 
     def __post_init__(self) -> None:
         if self.window_seconds <= 0:
@@ -54,9 +86,18 @@ class RateLimitPolicy:
                 )
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"rate limit {endpoint}={limit!r} must be a positive integer")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"rate_limit_backend={self.backend!r} is invalid; allowed: {', '.join(BACKENDS)}"
+            )
+        if self.backend == "redis" and not (isinstance(self.redis_conn_id, str) and self.redis_conn_id):
+            raise ValueError(f"redis_conn_id={self.redis_conn_id!r} must name an Airflow Redis connection")
 
     def limit_for(self, endpoint: str) -> int:
         return int(self.limits.get(endpoint, DEFAULT_LIMITS[endpoint]))
+
+    def is_explicit(self, endpoint: str) -> bool:
+        return endpoint in self.limits
 
 
 def space_key(host: str, api_key: str) -> str:
@@ -81,25 +122,52 @@ class _ServerBudget:
         # the first answer of the window (`_top`) and our answers since.
         self._top: int | None = None
         self._answers = 0
+        # When the request that got the last 429 was sent: answers to requests sent before it
+        # describe the budget as it was before the 429 and must not reopen the gate.
+        self._closed_by: float | None = None
 
-    def observe(self, remaining: int | None, retry_after: float | None = None) -> None:
+    def set_limit(self, limit: int) -> None:
+        with self._lock:
+            self.limit = limit
+            self.reserve = min(8, limit // 20)
+
+    def _retry_at(self, now: float, retry_after: float) -> float:
+        """When the server's window resets, from a 429's ``Retry-After`` (lock held).
+
+        Retry-After is whole seconds, rounded up: the window really resets within the second
+        before now + retry_after. Taking it as is made every process that got a 429 wait ~0.5 s
+        (up to 1 s) too long each window (measured: windows reopened 0.3-0.9 s late with four
+        processes sharing a 6 s window). Our own estimate, anchored on an answer seen after the
+        window opened, is never early; keep it when it lies in that second, it is the tighter.
+        """
+        latest = now + retry_after
+        anchored = self._reset_at
+        return anchored if anchored is not None and latest - 1.0 <= anchored <= latest else latest
+
+    def retry_wait(self, retry_after: float) -> float:
+        """Seconds the request that just got a 429 with this ``Retry-After`` should wait."""
+        now = time.monotonic()
+        with self._lock:
+            return max(0.0, self._retry_at(now, retry_after) - now)
+
+    def observe(
+        self, remaining: int | None, retry_after: float | None = None, *, sent_at: float | None = None
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             if retry_after is not None:
-                # Retry-After is whole seconds, rounded up: the window really resets within the
-                # second before now + retry_after. Taking it as is made every process that got a
-                # 429 wait ~0.5 s (up to 1 s) too long each window (measured: windows reopened
-                # 0.3-0.9 s late with four processes sharing a 6 s window). Our own estimate,
-                # anchored on an answer seen after the window opened, is never early; keep it
-                # when it lies in that second, it is the tighter of the two.
-                latest = now + retry_after
-                anchored = self._reset_at
-                if anchored is None or not latest - 1.0 <= anchored <= latest:
-                    self._reset_at = latest
+                self._reset_at = self._retry_at(now, retry_after)
                 self._remaining = 0
                 self._last_seen = 0
+                self._closed_by = now if sent_at is None else sent_at
                 return
             if remaining is None:
+                return
+            if sent_at is not None and self._closed_by is not None and sent_at < self._closed_by:
+                # Sent before the request that got the 429: a high figure here is the budget as
+                # it was then (another in-flight request's 202), not a fresh window.
+                if self._remaining is not None:
+                    self._remaining = min(self._remaining, remaining)
                 return
             # A clear rise means the server's window rolled over just now; smaller rises are
             # responses arriving out of order. Compared with the last answer seen, which delay()
@@ -134,72 +202,188 @@ class _ServerBudget:
                 self._answers += 1
             self._remaining = remaining
 
-    def _threshold(self) -> int:
-        """Budget left at which to hold: our reserve, scaled by how many spend it (lock held)."""
+    def _threshold(self, paced_elsewhere: bool) -> int:
+        """Budget left at which to hold: our reserve, scaled by how many spend it (lock held).
+
+        ``paced_elsewhere``: a shared bucket paces every process of the fleet, so only a spent
+        budget (an answer saying 0 left, or a 429) holds; keeping a reserve in hand for unknown
+        others would leave part of every window unused.
+        """
+        if paced_elsewhere:
+            return 0
         if self._top is None or self._remaining is None or self._answers < 16:
             return self.reserve
         share = (self._top - self._remaining) / self._answers
         return max(self.reserve, min(self.limit // 4, round(self.reserve * share)))
 
-    def holding(self) -> bool:
+    def holding(self, paced_elsewhere: bool = False) -> bool:
         """Whether the last answer said the budget is (nearly) spent; no side effects."""
         with self._lock:
-            return self._remaining is not None and self._remaining <= self._threshold()
+            return self._remaining is not None and self._remaining <= self._threshold(paced_elsewhere)
 
-    def delay(self) -> float:
+    def delay(self, paced_elsewhere: bool = False) -> float:
         """Seconds to hold the next request (0 when the server still has budget for us)."""
         now = time.monotonic()
         with self._lock:
-            if self._remaining is None or self._remaining > self._threshold() or self._reset_at is None:
+            if (
+                self._remaining is None
+                or self._remaining > self._threshold(paced_elsewhere)
+                or self._reset_at is None
+            ):
                 return 0.0
             wait = self._reset_at - now
             if wait <= 0:
                 # Window over: let requests probe again; their responses refresh the estimate.
                 self._remaining = None
                 return 0.0
-        # Jitter so processes sharing the Space do not all fire at the reset instant.
-        return wait + random.uniform(0, self.window * 0.02)
+        return wait + self.jitter()
+
+    def jitter(self) -> float:
+        """A random delay added to each wait that ends at a window reset, so that the processes
+        and threads held until then do not all fire in the same millisecond."""
+        return random.uniform(0, self.window * 0.02)
 
 
 class EndpointRateLimiter:
-    """Rate limiter of one endpoint of one Space, safe to share across threads."""
+    """Rate limiter of one endpoint of one Space, safe to share across threads.
 
-    def __init__(self, endpoint: str, limit: int, window_seconds: float) -> None:
+    ``limit`` is the starting assumption (the documented figure, or the connection's explicit
+    override when ``explicit``); ``shared`` is the Redis bucket when that backend is selected.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        limit: int,
+        window_seconds: float,
+        *,
+        explicit: bool = False,
+        shared: RedisSharedBucket | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.configured_limit = limit
+        self.explicit = explicit
         self.limit = limit
         self.window_seconds = window_seconds
-        self._local = Limiter(InMemoryBucket([Rate(limit, max(1, round(window_seconds * 1000)))]))
+        self._local = Limiter(InMemoryBucket([self._rate(limit)]))
         self._async_local: Limiter | None = None
         self._server = _ServerBudget(limit, window_seconds)
+        self._shared = shared
 
-    def acquire(self) -> None:
-        """Block the calling thread until a request may be sent."""
-        while (delay := self._server.delay()) > 0:
-            end = time.monotonic() + delay
-            # In slices: an answer showing a fresh server window (another thread's) ends the wait.
-            while self._server.holding() and (left := end - time.monotonic()) > 0:
-                time.sleep(min(left, _GATE_RECHECK_SECONDS))
-        self._local.try_acquire(self.endpoint, blocking=True)
+    def _rate(self, limit: int) -> Rate:
+        return Rate(limit, max(1, round(self.window_seconds * 1000)))
 
-    async def acquire_async(self) -> None:
-        """Wait, without blocking the event loop, until a request may be sent."""
-        while (delay := self._server.delay()) > 0:
-            end = time.monotonic() + delay
-            while self._server.holding() and (left := end - time.monotonic()) > 0:
-                await asyncio.sleep(min(left, _GATE_RECHECK_SECONDS))
+    # --- waiting --------------------------------------------------------------------------------
+
+    def acquire(self, *, deadline: float | None = None, max_hold: float | None = None) -> float:
+        """Block until a request may be sent; returns the time (``time.monotonic()``) it may go.
+
+        ``max_hold`` caps the time held by the server-budget gate (a 429's ``Retry-After``
+        included): after it the request goes anyway, as a probe. ``deadline`` (monotonic) is when
+        waiting ends with :class:`CometlyRateLimitError`.
+        """
+        for pause in self._gate_pauses(deadline, max_hold):
+            time.sleep(pause)
+        timeout = _timeout(deadline)
+        if self._shared is not None and self._shared.usable():
+            shared = self._shared.try_acquire(timeout)
+            if shared is not None:  # None: Redis is unavailable, the local bucket stands in
+                return self._granted(shared)
+        return self._granted(bool(self._local.try_acquire(self.endpoint, blocking=True, timeout=timeout)))
+
+    async def acquire_async(self, *, deadline: float | None = None, max_hold: float | None = None) -> float:
+        """:meth:`acquire` without blocking the event loop."""
+        for pause in self._gate_pauses(deadline, max_hold):
+            await asyncio.sleep(pause)
+        timeout = _timeout(deadline)
+        if self._shared is not None and self._shared.usable():
+            shared = await self._shared.try_acquire_async(timeout)
+            if shared is not None:
+                return self._granted(shared)
         if self._async_local is None:
             # pyrate-limiter's async path must not share a bucket with blocking callers.
-            self._async_local = Limiter(
-                InMemoryBucket([Rate(self.limit, max(1, round(self.window_seconds * 1000)))])
-            )
-        await self._async_local.try_acquire_async(self.endpoint, blocking=True)
+            self._async_local = Limiter(InMemoryBucket([self._rate(self.limit)]))
+        acquired = await self._async_local.try_acquire_async(self.endpoint, blocking=True, timeout=timeout)
+        return self._granted(acquired)
 
-    def observe(self, remaining: int | None, retry_after: float | None = None) -> None:
-        """Feed back the server's ``X-RateLimit-Remaining`` (and ``Retry-After`` of a 429)."""
-        self._server.observe(remaining, retry_after)
+    def _gate_pauses(self, deadline: float | None, max_hold: float | None) -> Iterator[float]:
+        """The sleeps (each short) the server-budget gate asks for before a request may go."""
+        started = time.monotonic()
+        paced = self._shared is not None and self._shared.usable()
+        while (delay := self._server.delay(paced)) > 0:
+            end = time.monotonic() + delay
+            if max_hold is not None:
+                end = min(end, started + max_hold)
+            # In slices: an answer showing a fresh server window (another thread's) ends the wait.
+            while self._server.holding(paced) and (left := end - time.monotonic()) > 0:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._out_of_time()
+                yield min(left, _GATE_RECHECK_SECONDS)
+            if max_hold is not None and time.monotonic() - started >= max_hold:
+                return  # waited as long as allowed: go, the answer says what the server thinks
+
+    def _granted(self, acquired: bool) -> float:
+        if not acquired:
+            raise self._out_of_time()
+        return time.monotonic()
+
+    def _out_of_time(self) -> CometlyRateLimitError:
+        return CometlyRateLimitError(
+            f"Cometly rate limit ({self.endpoint}: {self.limit} per {self.window_seconds:g} s): gave up "
+            "waiting for the limit at the request's deadline (connection extra rate_limit_timeout, or "
+            "the caller's deadline)"
+        )
+
+    def retry_wait(self, retry_after: float) -> float:
+        """How long the request that got a 429 with this ``Retry-After`` waits (jitter included)."""
+        return self._server.retry_wait(retry_after) + self._server.jitter()
+
+    # --- learning from the answers ----------------------------------------------------------------
+
+    def observe(
+        self,
+        remaining: int | None,
+        retry_after: float | None = None,
+        *,
+        limit: int | None = None,
+        sent_at: float | None = None,
+    ) -> None:
+        """Feed back ``X-RateLimit-Remaining`` / ``-Limit`` (and ``Retry-After`` of a 429).
+
+        ``sent_at`` is what :meth:`acquire` returned for the request this answers.
+        """
+        if limit is not None and limit > 0:
+            self._learn_limit(limit)
+        self._server.observe(remaining, retry_after, sent_at=sent_at)
+
+    def _learn_limit(self, server_limit: int) -> None:
+        limit = min(server_limit, self.configured_limit) if self.explicit else server_limit
+        if limit == self.limit:
+            return
+        log.info(
+            "Cometly %s: the API reports a limit of %d per window (assumed %d)%s",
+            self.endpoint,
+            server_limit,
+            self.limit,
+            f"; keeping the connection's lower limit {limit}" if limit != server_limit else "",
+        )
+        self.limit = limit
+        rates = [self._rate(limit)]
+        for limiter in (self._local, self._async_local):
+            if limiter is not None:
+                for bucket in limiter.buckets():
+                    bucket.rates = rates
+        if self._shared is not None:
+            self._shared.set_rates(rates)
+        self._server.set_limit(limit)
 
 
-_registry: dict[tuple[str, str, int, float], EndpointRateLimiter] = {}
+def _timeout(deadline: float | None) -> float:
+    """pyrate-limiter's ``timeout`` argument for a monotonic deadline (-1: none)."""
+    return -1 if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+_registry: dict[tuple[str, str, int, float, str, str], EndpointRateLimiter] = {}
 _registry_lock = threading.Lock()
 
 
@@ -208,11 +392,23 @@ def get_rate_limiter(space: str, endpoint: str, policy: RateLimitPolicy) -> Endp
     if not policy.enabled:
         return None
     limit = policy.limit_for(endpoint)
-    key = (space, endpoint, limit, policy.window_seconds)
+    redis_conn_id = policy.redis_conn_id if policy.backend == "redis" else ""
+    key = (space, endpoint, limit, policy.window_seconds, policy.backend, redis_conn_id)
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None:
-            limiter = _registry[key] = EndpointRateLimiter(endpoint, limit, policy.window_seconds)
+            shared = None
+            if policy.backend == "redis":
+                from cometly_provider.hooks.rate_limit_redis import RedisSharedBucket
+
+                shared = RedisSharedBucket(
+                    redis_conn_id,
+                    bucket_key=f"cometly-provider:rate-limit:{space}:{endpoint}:{policy.window_seconds:g}",
+                    rate=Rate(limit, max(1, round(policy.window_seconds * 1000))),
+                )
+            limiter = _registry[key] = EndpointRateLimiter(
+                endpoint, limit, policy.window_seconds, explicit=policy.is_explicit(endpoint), shared=shared
+            )
         return limiter
 
 

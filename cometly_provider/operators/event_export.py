@@ -75,11 +75,11 @@ class CreateEventExportOperator(BaseOperator):
     is allowed, e.g. ``attribution_model is required when sources is given``.
 
     **Rate limit.** Creation is limited to 5 per minute per Space. Mapped instances (a backfill with
-    ``.expand(date=[...])``) are paced by the hook's limiter (shared within a worker process, and
-    fed by ``X-RateLimit-Remaining`` across processes); a 429 is retried after its
-    ``Retry-After``. For creation the operator raises the hook's retry policy to at least
-    :attr:`create_max_attempts` attempts and a wait cap of at least one rate-limit window, so a
-    task waits out several full windows of contention instead of failing on 429.
+    ``.expand(date=[...])``) are paced by the hook's limiter (one per task process, fed by
+    ``X-RateLimit-Remaining`` across processes; one for the deployment with the Redis backend); a
+    429 is waited out (it does not use up attempts) after its ``Retry-After``. For creation the
+    operator raises the hook's retry policy to at least :attr:`create_max_attempts` attempts and a
+    wait cap of at least one rate-limit window.
 
     **No duplicate export on retry** (``wait_for_completion=True``). Airflow 3 deletes every XCom of
     a task instance when a new try starts, so the ``export_id`` XCom cannot tell a retry what the

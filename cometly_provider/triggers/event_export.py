@@ -89,7 +89,7 @@ class EventExportTrigger(BaseTrigger):
         last: PollOutcome | None = None
         while True:
             try:
-                outcome = await apoll_export(hook, self.export_id, self.log)
+                outcome = await apoll_export(hook, self.export_id, self.log, deadline=self.end_time)
                 if interval is None:
                     # Known once the first poll loaded the connection (no I/O here).
                     interval = max(self.poll_interval, poll_interval_floor(hook.rate_limit_policy))

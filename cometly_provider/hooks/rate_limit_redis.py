@@ -1,0 +1,182 @@
+"""The rate limiter's shared bucket on Redis: one sliding window per Space and endpoint for a fleet.
+
+Selected with ``"rate_limit_backend": "redis"`` in the Cometly connection's extra, ``redis_conn_id``
+(default ``redis_default``) resolved through the Airflow Redis provider's ``RedisHook``. Every
+process of the deployment (task processes on every worker, the triggerer) consumes from the same
+pyrate-limiter ``RedisBucket`` (a sorted-set log updated by one Lua script, so the check and the
+insert are atomic across processes), instead of each keeping its own. Install with the ``[redis]``
+extra.
+
+Tracking never stops because Redis is down: when Redis cannot be reached (or the provider is not
+installed) the limiter logs one warning naming the connection and the error, uses the process's
+local bucket, still coordinated through the API's rate-limit headers, and tries Redis again after
+:data:`RETRY_REDIS_AFTER_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from pyrate_limiter import Limiter, Rate, RedisBucket
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger(__name__)
+
+#: Seconds between attempts to use Redis again after it failed.
+RETRY_REDIS_AFTER_S = 30.0
+#: Socket timeouts for the limiter's Redis calls unless the connection sets its own: a Redis that
+#: stops answering must not hold tracking for longer than this before the local fallback.
+REDIS_SOCKET_TIMEOUT_S = 2.0
+#: pyrate-limiter sleeps this much past the moment a slot frees before trying again (its default
+#: is 50 ms, 2.5 % of a 2 s test window; every waiting process adds its own, so keep it short).
+_BUFFER_MS = 5
+
+
+class RedisUnavailableError(Exception):
+    """Redis (or the Airflow Redis provider) cannot serve the shared bucket right now."""
+
+
+#: The client arguments taken over from the Redis provider's client (the same for redis-py's sync
+#: and asyncio clients; the rest of its pool arguments are sync-only details).
+_CLIENT_ARGS = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_check_hostname",
+)
+
+
+def redis_connection_kwargs(redis_conn_id: str) -> dict[str, Any]:
+    """redis-py client arguments for an Airflow Redis connection, as the Redis provider reads it."""
+    try:
+        from airflow.providers.redis.hooks.redis import RedisHook
+    except ImportError as err:
+        raise RedisUnavailableError(
+            "the Airflow Redis provider is not installed (pip install 'airflow-provider-cometly[redis]')"
+        ) from err
+    client = RedisHook(redis_conn_id=redis_conn_id).get_conn()  # type: ignore[no-untyped-call]
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        raise RedisUnavailableError(f"Redis connection {redis_conn_id!r}: cluster mode is not supported")
+    given = pool.connection_kwargs
+    kwargs = {name: given[name] for name in _CLIENT_ARGS if given.get(name) is not None}
+    if "SSL" in pool.connection_class.__name__:
+        kwargs["ssl"] = True
+    kwargs["socket_timeout"] = given.get("socket_timeout") or REDIS_SOCKET_TIMEOUT_S
+    kwargs["socket_connect_timeout"] = given.get("socket_connect_timeout") or REDIS_SOCKET_TIMEOUT_S
+    client.close()
+    return kwargs
+
+
+class RedisSharedBucket:
+    """One endpoint's sliding-window bucket on Redis, for the sync hook and for triggers.
+
+    :meth:`try_acquire` / :meth:`try_acquire_async` return ``True`` (a slot was taken), ``False``
+    (no slot before the timeout) or ``None`` (Redis is unavailable: use the local bucket).
+    """
+
+    def __init__(self, redis_conn_id: str, *, bucket_key: str, rate: Rate) -> None:
+        self.redis_conn_id = redis_conn_id
+        self.bucket_key = bucket_key
+        self._rates = [rate]
+        self._lock = threading.Lock()
+        self._kwargs: dict[str, Any] | None = None
+        self._sync: Limiter | None = None
+        # Async clients belong to the event loop that made them (one per triggerer loop / test).
+        self._async: tuple[asyncio.AbstractEventLoop, Limiter] | None = None
+        self._down_until = 0.0
+        self._down_logged = False
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def set_rates(self, rates: list[Rate]) -> None:
+        self._rates = rates
+        limiters = [self._sync, self._async[1] if self._async else None]
+        for limiter in limiters:
+            if limiter is not None:
+                for bucket in limiter.buckets():
+                    bucket.rates = rates
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        if self._kwargs is None:
+            self._kwargs = redis_connection_kwargs(self.redis_conn_id)
+        return self._kwargs
+
+    def try_acquire(self, timeout: float) -> bool | None:
+        try:
+            with self._lock:
+                if self._sync is None:
+                    import redis
+                    from redis.backoff import NoBackoff
+                    from redis.retry import Retry
+
+                    # No retries inside redis-py (its default backs off for ~5 s on a refused
+                    # connection): the local fallback is the retry.
+                    client: redis.Redis = redis.Redis(
+                        **self._connection_kwargs(), retry=Retry(NoBackoff(), 0)
+                    )
+                    bucket = RedisBucket.init(list(self._rates), client, self.bucket_key)
+                    self._sync = Limiter(bucket, buffer_ms=_BUFFER_MS)
+                limiter = self._sync
+            acquired = limiter.try_acquire(self.bucket_key, blocking=True, timeout=timeout)
+        except Exception as err:  # redis errors, provider missing, connection not defined...
+            self._failed(err)
+            return None
+        self._recovered()
+        return bool(acquired)
+
+    async def try_acquire_async(self, timeout: float) -> bool | None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self._async is None or self._async[0] is not loop:
+                import redis.asyncio
+                from redis.asyncio.retry import Retry as AsyncRetry
+                from redis.backoff import NoBackoff
+
+                client = redis.asyncio.Redis(**self._connection_kwargs(), retry=AsyncRetry(NoBackoff(), 0))
+                bucket = await RedisBucket.init(list(self._rates), client, self.bucket_key)
+                self._async = (loop, Limiter(bucket, buffer_ms=_BUFFER_MS))
+            limiter = self._async[1]
+            acquired = await limiter.try_acquire_async(self.bucket_key, blocking=True, timeout=timeout)
+        except Exception as err:
+            self._failed(err)
+            return None
+        self._recovered()
+        return bool(acquired)
+
+    def _failed(self, err: BaseException) -> None:
+        # Start from a fresh client and script next time (a restarted Redis has no script cache).
+        self._sync = None
+        self._async = None
+        self._down_until = time.monotonic() + RETRY_REDIS_AFTER_S
+        if not self._down_logged:
+            self._down_logged = True
+            log.warning(
+                "Cometly rate limiter: the shared Redis bucket (redis_conn_id=%r) is unavailable "
+                "(%s: %s); falling back to this process's own limiter, coordinated through the API's "
+                "rate-limit headers, and trying Redis again every %g s. Tracking goes on.",
+                self.redis_conn_id,
+                type(err).__name__,
+                err,
+                RETRY_REDIS_AFTER_S,
+            )
+
+    def _recovered(self) -> None:
+        if self._down_logged:
+            self._down_logged = False
+            log.warning(
+                "Cometly rate limiter: the shared Redis bucket (redis_conn_id=%r) is back", self.redis_conn_id
+            )
