@@ -23,8 +23,10 @@ section of ``docs/benchmarks.md`` is rewritten from that file unless ``--no-writ
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
+import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -82,6 +84,9 @@ def run_config(backend: str, tasks: int, args: argparse.Namespace, workdir: Path
             extra=extra,
             env=env,
         )
+    # How late each server window opened after the previous one ended (what the fleet lost there).
+    starts = [start for start, _ in result.windows]
+    gaps = [b - (a + result.window) for a, b in itertools.pairwise(starts)]
     return {
         "tasks": tasks,
         "events_per_task": args.events_per_task,
@@ -98,6 +103,8 @@ def run_config(backend: str, tasks: int, args: argparse.Namespace, workdir: Path
         "over_limit_windows": sum(1 for _, count in result.windows if count > result.limit),
         "stored_once": result.stored == result.unique_keys,
         "achieved_over_allowed": round(result.achieved_rate / result.allowed_rate, 3),
+        "reopen_delay_ms_median": round(1000 * statistics.median(gaps), 1) if gaps else None,
+        "short_windows": [count for _, count in result.windows[:-1] if count < result.limit],
         "wall_s": round(result.wall_s, 1),
     }
 

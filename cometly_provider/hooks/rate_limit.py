@@ -354,6 +354,8 @@ class EndpointRateLimiter:
         """
         if limit is not None and limit > 0:
             self._learn_limit(limit)
+        if self._shared is not None and sent_at is not None:
+            self._shared.note_flight(time.monotonic() - sent_at)
         self._server.observe(remaining, retry_after, sent_at=sent_at)
 
     def _learn_limit(self, server_limit: int) -> None:
@@ -374,7 +376,7 @@ class EndpointRateLimiter:
                 for bucket in limiter.buckets():
                     bucket.rates = rates
         if self._shared is not None:
-            self._shared.set_rates(rates)
+            self._shared.set_limit(limit)
         self._server.set_limit(limit)
 
 

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pyrate_limiter import Limiter, Rate, RedisBucket
+from pyrate_limiter.buckets.redis_bucket import LuaScript
 
 if TYPE_CHECKING:
     import redis
@@ -36,6 +37,15 @@ REDIS_SOCKET_TIMEOUT_S = 2.0
 #: pyrate-limiter sleeps this much past the moment a slot frees before trying again (its default
 #: is 50 ms, 2.5 % of a 2 s test window; every waiting process adds its own, so keep it short).
 _BUFFER_MS = 5
+
+
+#: pyrate-limiter's check-and-insert script, counting every entry from the window's start on. Its
+#: own counts entries up to the caller's clock only: a process that read the clock, was then
+#: descheduled (tens of ms on a loaded worker) and ran the script after others had inserted later
+#: entries did not count those, and admitted one request too many (a 429 at the server).
+_PUT_ITEM = LuaScript.PUT_ITEM.replace(
+    "redis.call('ZCOUNT', bucket, window_start, now)", "redis.call('ZCOUNT', bucket, window_start, '+inf')"
+)
 
 
 class RedisUnavailableError(Exception):
@@ -90,7 +100,12 @@ class RedisSharedBucket:
     def __init__(self, redis_conn_id: str, *, bucket_key: str, rate: Rate) -> None:
         self.redis_conn_id = redis_conn_id
         self.bucket_key = bucket_key
-        self._rates = [rate]
+        self._limit = rate.limit
+        self._interval_ms = int(rate.interval)
+        self._flight_s: float | None = None
+        # Until answers tell the flight time: 0.1 s (at most 5 % of the window).
+        self._margin_ms = round(min(100, 0.05 * self._interval_ms))
+        self._rates = [Rate(self._limit, self._interval_ms + self._margin_ms)]
         self._lock = threading.Lock()
         self._kwargs: dict[str, Any] | None = None
         self._sync: Limiter | None = None
@@ -102,7 +117,29 @@ class RedisSharedBucket:
     def usable(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def set_rates(self, rates: list[Rate]) -> None:
+    def set_limit(self, limit: int) -> None:
+        self._limit = limit
+        self._apply_rates()
+
+    def note_flight(self, seconds: float) -> None:
+        """Feed back the time from a slot being taken to the request's answer.
+
+        The bucket logs the moment a slot is taken, the server counts the moment the request
+        arrives. A slot freed exactly one window later can then send the next window's first
+        request before the server's window (opened by the previous first arrival) has ended: a
+        429 at every window edge for each process whose request flew faster than the first one
+        did. Holding each slot for a little longer than a window, twice the usual flight time
+        (at most 5 % of the window), keeps them out; with real latencies (0.2 s to the API, a
+        60 s window) it costs under 1 % of the rate.
+        """
+        self._flight_s = seconds if self._flight_s is None else 0.8 * self._flight_s + 0.2 * seconds
+        margin = round(min(2000 * self._flight_s, 0.05 * self._interval_ms))
+        if abs(margin - self._margin_ms) >= max(2, self._margin_ms // 10):
+            self._margin_ms = margin
+            self._apply_rates()
+
+    def _apply_rates(self) -> None:
+        rates = [Rate(self._limit, self._interval_ms + self._margin_ms)]
         self._rates = rates
         limiters = [self._sync, self._async[1] if self._async else None]
         for limiter in limiters:
@@ -128,7 +165,8 @@ class RedisSharedBucket:
                     client: redis.Redis = redis.Redis(
                         **self._connection_kwargs(), retry=Retry(NoBackoff(), 0)
                     )
-                    bucket = RedisBucket.init(list(self._rates), client, self.bucket_key)
+                    script = client.script_load(_PUT_ITEM)
+                    bucket = RedisBucket(list(self._rates), client, self.bucket_key, script)
                     self._sync = Limiter(bucket, buffer_ms=_BUFFER_MS)
                 limiter = self._sync
             acquired = limiter.try_acquire(self.bucket_key, blocking=True, timeout=timeout)
@@ -147,7 +185,8 @@ class RedisSharedBucket:
                 from redis.backoff import NoBackoff
 
                 client = redis.asyncio.Redis(**self._connection_kwargs(), retry=AsyncRetry(NoBackoff(), 0))
-                bucket = await RedisBucket.init(list(self._rates), client, self.bucket_key)
+                script = await client.script_load(_PUT_ITEM)
+                bucket = RedisBucket(list(self._rates), client, self.bucket_key, script)
                 self._async = (loop, Limiter(bucket, buffer_ms=_BUFFER_MS))
             limiter = self._async[1]
             acquired = await limiter.try_acquire_async(self.bucket_key, blocking=True, timeout=timeout)
