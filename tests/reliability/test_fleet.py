@@ -24,7 +24,7 @@ import pytest
 from tests.redis_server import spawn_redis
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS, EVENTS_PER_TASK, LIMIT, WINDOW, MAX_WORKERS = 6, 40, 20, 1.0, 4
+TASKS, EVENTS_PER_TASK, LIMIT, WINDOW, MAX_WORKERS = 6, 30, 20, 1.0, 4
 REDIS_EXTRA = {"rate_limit_backend": "redis", "redis_conn_id": "redis_default"}
 FALLBACK_WARNING = "the shared Redis bucket (redis_conn_id='redis_default') is unavailable"
 
