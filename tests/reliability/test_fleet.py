@@ -33,7 +33,9 @@ def _harness() -> ModuleType:
     bench = str(ROOT / "bench")
     if bench not in sys.path:
         sys.path.append(bench)
-    spec = importlib.util.spec_from_file_location("cometly_bench_track_load", ROOT / "bench" / "track_load.py")
+    spec = importlib.util.spec_from_file_location(
+        "cometly_bench_track_load", ROOT / "bench" / "track_load.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
