@@ -170,15 +170,14 @@ class RedisSharedBucket:
         try:
             with self._lock:
                 if self._sync is None:
+                    kwargs = self._connection_kwargs()  # first: says which extra is missing
                     import redis
                     from redis.backoff import NoBackoff
                     from redis.retry import Retry
 
                     # No retries inside redis-py (its default backs off for ~5 s on a refused
                     # connection): the local fallback is the retry.
-                    client: redis.Redis = redis.Redis(
-                        **self._connection_kwargs(), retry=Retry(NoBackoff(), 0)
-                    )
+                    client: redis.Redis = redis.Redis(**kwargs, retry=Retry(NoBackoff(), 0))
                     script = client.script_load(_PUT_ITEM)
                     bucket = RedisBucket(list(self._rates), client, self.bucket_key, script)
                     self._sync = Limiter(bucket, buffer_ms=_BUFFER_MS)
@@ -209,11 +208,12 @@ class RedisSharedBucket:
     async def _try_acquire_async(self, loop: asyncio.AbstractEventLoop, timeout: float) -> bool | None:
         try:
             if self._async is None or self._async[0] is not loop:
+                kwargs = self._connection_kwargs()
                 import redis.asyncio
                 from redis.asyncio.retry import Retry as AsyncRetry
                 from redis.backoff import NoBackoff
 
-                client = redis.asyncio.Redis(**self._connection_kwargs(), retry=AsyncRetry(NoBackoff(), 0))
+                client = redis.asyncio.Redis(**kwargs, retry=AsyncRetry(NoBackoff(), 0))
                 script = await client.script_load(_PUT_ITEM)
                 bucket = RedisBucket(list(self._rates), client, self.bucket_key, script)
                 self._async = (loop, Limiter(bucket, buffer_ms=_BUFFER_MS))

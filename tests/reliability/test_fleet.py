@@ -10,38 +10,20 @@ bucket on a real Redis server; in the last case that server is killed mid-run.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.redis_server import spawn_redis
+from tests.reliability.test_load import _harness
 
-ROOT = Path(__file__).resolve().parents[2]
 TASKS, EVENTS_PER_TASK, LIMIT, WINDOW, MAX_WORKERS = 6, 30, 20, 1.0, 4
 REDIS_EXTRA = {"rate_limit_backend": "redis", "redis_conn_id": "redis_default"}
 FALLBACK_WARNING = "the shared Redis bucket (redis_conn_id='redis_default') is unavailable"
-
-
-def _harness() -> ModuleType:
-    bench = str(ROOT / "bench")
-    if bench not in sys.path:
-        sys.path.append(bench)
-    spec = importlib.util.spec_from_file_location(
-        "cometly_bench_track_load", ROOT / "bench" / "track_load.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(tmp_path: Path, *, extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Any:
