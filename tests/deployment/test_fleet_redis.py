@@ -67,5 +67,7 @@ def test_mapped_tracking_instances_share_a_redis_bucket(deployment: Any, tmp_pat
     accepted = [r for r in records if r.status == 202]
     emails = {str((r.json or {}).get("email")) for r in accepted}
     assert len(accepted) == len(emails) == TRACK_EVENTS
+    # One bucket paces the eight processes: a 429 only where a request's flight crosses a window
+    # edge, at most about one per process and window (local limiters: up to 8 x 4 threads each).
     windows = -(-TRACK_EVENTS // LIMIT)
-    assert sum(1 for r in records if r.status == 429) <= windows + 1
+    assert sum(1 for r in records if r.status == 429) <= len(tracks) * windows
