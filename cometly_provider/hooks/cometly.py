@@ -346,8 +346,14 @@ class CometlyHook(BaseHook):
             )
         checks: tuple[tuple[str, Callable[[], Any]], ...] = (
             ("extra timeout / connect_timeout", lambda: self.timeout),
-            ("extra max_attempts / retry_min_wait / retry_max_wait", lambda: self.retry_policy),
-            ("extra rate_limits / rate_limit_window_seconds", lambda: self.rate_limit_policy),
+            (
+                "extra max_attempts / retry_min_wait / retry_max_wait / rate_limit_timeout",
+                lambda: self.retry_policy,
+            ),
+            (
+                "extra rate_limits / rate_limit_window_seconds / rate_limit_backend / redis_conn_id",
+                lambda: self.rate_limit_policy,
+            ),
         )
         for name, resolve in checks:
             try:
