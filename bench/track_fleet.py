@@ -158,7 +158,7 @@ def _section(results: dict[str, Any]) -> str:
         "most (a 429 counts in the window whose end it ran into).\n\n"
         "The first row was measured on the code before this change (commit b1bc6a6, the figures kept\n"
         "as measured): there a 429 used up one of `max_attempts` (5), so a request that lost the race\n"
-        "at five window edges failed its event (a second run of 8 tasks the same day lost 1 event,\n"
+        "at five window edges failed its event (another run of 8 tasks the same day lost 1 event,\n"
         "27 x 429). Now a 429 is a wait bounded by `rate_limit_timeout`. The local limiter keeps a few\n"
         "429s per process at each window edge, as every process learns of the others only from the\n"
         "answers. The Redis bucket holds each slot for the window plus twice the measured flight\n"
