@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cometly_provider.exceptions import CometlyRateLimitError
+from cometly_provider.exceptions import CometlyNotFoundError, CometlyRateLimitError
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.hooks.rate_limit import EndpointRateLimiter, _ServerBudget
 from tests.conftest import cometly_conn_uri
@@ -141,7 +141,8 @@ def test_the_limit_is_learnt_from_x_ratelimit_limit(
     limiter = hook.rate_limiter("export_status")
     assert limiter is not None
     assert limiter.limit == 30  # the documented figure, until the server says otherwise
-    hook.test_connection()
+    with pytest.raises(CometlyNotFoundError):  # export 0: an answer with the limit headers
+        hook.get_event_export(0)
     assert limiter.limit == 3
     hook.close()
 
@@ -153,7 +154,8 @@ def test_an_explicit_limit_caps_what_is_learnt(
     cometly_simulator.update_config(rate_limits={"export_status": 3})
     _connect(monkeypatch, cometly_simulator, rate_limits={"export_status": override})
     hook = CometlyHook()
-    hook.test_connection()
+    with pytest.raises(CometlyNotFoundError):  # export 0: an answer with the limit headers
+        hook.get_event_export(0)
     limiter = hook.rate_limiter("export_status")
     assert limiter is not None
     assert limiter.limit == expected
