@@ -85,6 +85,30 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         default=True,
     ),
     ExtraField(
+        "rate_limit_timeout",
+        "Rate-limit wait budget (s)",
+        "number",
+        "How long one request may wait for the rate limit (client-side holds and 429s together) "
+        "before it fails (default 1800). A 429 is a wait, not a failed attempt.",
+        minimum=0,
+    ),
+    ExtraField(
+        "rate_limit_backend",
+        "Rate-limit backend",
+        "string",
+        "local (default): one limiter per task process, coordinated through the API's headers; "
+        "redis: one bucket shared by every worker and triggerer of the deployment (needs the "
+        "[redis] extra and a Redis connection).",
+        enum=("local", "redis"),
+    ),
+    ExtraField(
+        "redis_conn_id",
+        "Redis connection id",
+        "string",
+        "Airflow Redis connection of the shared bucket, with rate_limit_backend redis "
+        "(default redis_default).",
+    ),
+    ExtraField(
         "timezone",
         "Space timezone",
         "string",
