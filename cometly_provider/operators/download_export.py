@@ -252,7 +252,7 @@ class DownloadExportOperator(BaseOperator):
                 )
         elif not _blank(export):
             ref = ExportRef.parse(export, kind=self.kind, field=field)
-        if not _blank(url):
+        if url is not None and not (url == "" and ref is not None):
             checked = _check_url(url)
             if ref is None:
                 return destination, checked

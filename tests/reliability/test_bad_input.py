@@ -482,7 +482,7 @@ DOWNLOAD_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         "redacted URL naming no export",
         {"download_url": "https://bucket.s3.amazonaws.com/exports/e.ndjson.gz?<redacted>"},
         "download_url",
-        ("signature redacted and names no export", "pass export_id"),
+        ("signature redacted and names no export", "pass the sensor's whole result"),
     ),
     (
         "result dict whose download_url is None",

@@ -135,7 +135,7 @@ def test_url_expired_at_the_resume_without_export_id_fails_and_lands_nothing(
     with pytest.raises(CometlyDownloadExpiredError) as info:
         op.execute(download_context())  # type: ignore[arg-type]
 
-    assert_failed_with(info.value, CometlyDownloadExpiredError, "HTTP 403", "expired", "pass export_id")
+    assert_failed_with(info.value, CometlyDownloadExpiredError, "HTTP 403", "expired", "pass the export")
     assert [(f, s) for f, s, _ in _ranges(sim)][-2:] == [("cut", 200), (None, 403)]  # a real expiry
     assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=False)
     assert_no_orphaned_uploads(client, name)
