@@ -127,7 +127,9 @@ class ExportRef:
         if isinstance(value, Mapping):
             if value.get("export_id") is None:
                 source = export_kind(kind).create_operator if kind is not None else "the create operator"
-                raise invalid(field, value, f"the integer export_id returned by {source}, or the sensor's result")
+                raise invalid(
+                    field, value, f"the integer export_id returned by {source}, or the sensor's result"
+                )
             carried_kind = value.get("kind") if isinstance(value.get("kind"), str) else None
             value = value["export_id"]
         elif isinstance(value, str) and is_redacted_url(value.strip()):

@@ -24,7 +24,6 @@ from cometly_provider.exports import (
 )
 from cometly_provider.hooks.cometly import CometlyHook
 
-
 #: Seconds the first poll of a trigger started after its deadline may take.
 LATE_POLL_BOUND_S = 1.0
 
