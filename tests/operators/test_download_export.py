@@ -186,7 +186,9 @@ def test_sensor_result_without_signature_gets_a_fresh_url(
 
 
 def test_redacted_url_without_export_id_fails_before_any_request(cometly_conn: Any, tmp_path: Path) -> None:
-    with pytest.raises(CometlyInputError, match=r"download_url=.*signature redacted.*pass the sensor's whole result"):
+    with pytest.raises(
+        CometlyInputError, match=r"download_url=.*signature redacted.*pass the sensor's whole result"
+    ):
         _operator(
             download_url="https://exports.example.com/e.ndjson.gz?<redacted>",
             destination=f"file://{tmp_path}/e.gz",

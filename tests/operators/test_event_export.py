@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import TaskDeferred
 
+from cometly_provider import pending as module
 from cometly_provider.exceptions import (
     CometlyExportFailedError,
     CometlyExportSensorTimeout,
@@ -21,7 +22,6 @@ from cometly_provider.exceptions import (
     CometlyNotFoundError,
 )
 from cometly_provider.hooks.cometly import CometlyHook
-from cometly_provider import pending as module
 from cometly_provider.operators.event_export import (
     PENDING_EXPORT_VARIABLE_PREFIX,
     CreateEventExportOperator,

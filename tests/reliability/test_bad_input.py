@@ -17,6 +17,7 @@ with schemes the provider cannot write to.
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 from pathlib import Path
@@ -76,7 +77,14 @@ EXPORT_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         ("date=['2024-01-15', '2024-01-16']", "exactly one day"),
     ),
     ("date a number", {"date": 20240115}, "date", ("date=20240115", "YYYY-MM-DD")),
-    ("date missing", {"date": None}, "date", ("date=None", "YYYY-MM-DD")),
+    # date=None is the default (the last complete day); a template that rendered empty is not.
+    ("date rendered empty", {"date": " "}, "date", ("date=' '", "YYYY-MM-DD")),
+    (
+        "date today (incomplete)",
+        {"date": dt.datetime.now(dt.UTC).date().isoformat()},
+        "date",
+        ("not over yet", "complete past day"),
+    ),
     # query_mode: profile | company.
     ("query_mode", {"query_mode": "person"}, "query_mode", ("query_mode='person'", "profile, company")),
     # event_names: 1..10 documented names, no duplicates.
