@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cometly_provider import exceptions as errors
-from cometly_provider.checks import check_export_id, invalid
+from cometly_provider.checks import check_export_id
 from cometly_provider.exceptions import (
     CometlyConnectionError,
     CometlyDeadlineExceededError,
@@ -127,8 +127,10 @@ class ExportRef:
         if isinstance(value, Mapping):
             if value.get("export_id") is None:
                 source = export_kind(kind).create_operator if kind is not None else "the create operator"
-                raise invalid(
-                    field, value, f"the integer export_id returned by {source}, or the sensor's result"
+                raise CometlyInputError(  # keys only: the dict may hold a signed URL
+                    f"{field}=<a dict with keys {sorted(map(str, value))}> is invalid: expected the "
+                    f"sensor's result, or the integer export_id returned by {source}",
+                    field=field,
                 )
             carried_kind = value.get("kind") if isinstance(value.get("kind"), str) else None
             value = value["export_id"]

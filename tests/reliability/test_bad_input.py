@@ -432,22 +432,22 @@ def test_skipping_bad_rows_loses_nothing_silently(sim: Any) -> None:
 
 DOWNLOAD_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     (
-        "result dict without download_url",
-        {"download_url": {"export_id": 7, "status": "completed", "expires_at": "2024-01-15T10:48:42Z"}},
+        "result dict without export_id",
+        {"download_url": {"status": "completed", "expires_at": "2024-01-15T10:48:42Z"}},
         "download_url",
-        ("without a 'download_url' key", "['expires_at', 'export_id', 'status']"),
+        ("keys ['expires_at', 'status']", "the sensor's result"),
     ),
     (
-        "result dict rendered as text, without download_url",
-        {"download_url": "{'export_id': 7, 'status': 'completed'}"},
+        "result dict rendered as text, without export_id",
+        {"download_url": "{'status': 'completed'}"},
         "download_url",
-        ("without a 'download_url' key", "pass the sensor's result or the URL itself"),
+        ("keys ['status']", "the sensor's result"),
     ),
     (
-        "result dict with a file:// download_url",
+        "result dict with a file:// download_url and no export",
         {"download_url": {"export_id": None, "download_url": "file:///etc/passwd"}},
         "download_url",
-        ("download_url='file:///etc/passwd'", "scheme 'file'", "http(s) presigned URL"),
+        ("keys ['download_url', 'export_id']", "the sensor's result"),
     ),
     (
         "file:// URL",
@@ -496,12 +496,12 @@ DOWNLOAD_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         "result dict whose download_url is None",
         {"download_url": {"download_url": None, "status": "completed"}},
         "download_url",
-        ("nothing to download", "and/or export_id"),
+        ("keys ['download_url', 'status']", "the sensor's result"),
     ),
     (
         "export id that is not a number",
         {"download_url": {"download_url": SIGNED, "export_id": "seven"}},
-        "download_url['export_id']",
+        "download_url",
         ("'seven'", "integer export_id"),
     ),
     # Destinations: s3://, gs:// and file:// only.

@@ -159,9 +159,8 @@ def test_url_expiring_while_the_resume_is_in_flight_is_renewed_from_the_export_i
     ).execute(download_context())  # type: ignore[arg-type]
 
     assert [(f, s) for f, s, _ in _ranges(sim)][-3:] == [("cut", 200), ("delay", 403), (None, 206)]
-    assert (
-        len(sim.requests_for("export_status")) - polls_before == 2
-    )  # a fresh URL after the cut, after the 403
+    # The download asks the export for its own URL: at the start, after the cut, after the 403.
+    assert len(sim.requests_for("export_status")) - polls_before == 3
     assert result["resumes"] == 2
     assert result["sha256"] == direct.sha256
     assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=True)
