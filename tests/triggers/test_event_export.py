@@ -226,3 +226,50 @@ def test_a_bad_connection_extra_becomes_an_error_event(sim: Any, monkeypatch: py
     assert [e.payload["status"] for e in events] == ["error"]
     assert "export_statuz" in events[0].payload["message"]
     assert sim.requests == []
+
+
+# --- hard deadlines ---------------------------------------------------------------------------------
+
+
+def test_100_triggers_sharing_a_space_all_fire_within_1_s_of_their_deadline(sim: Any) -> None:
+    """100 waits on one Space's 30-per-window status limit: polls queue in the limiter, but each poll
+    is bounded by the time its trigger has left, so every timeout event fires on time (a poll that
+    waited its turn used to make triggers fire up to 3.3 windows late)."""
+    from cometly_provider.exceptions import CometlyExportTimeoutError
+
+    sim.next_exports_outcome("stuck")
+    export_id = support.create_export(sim)
+    start = time.time()
+    # Deadlines spread over two windows, so some fall while the limiter queue is at its longest.
+    triggers = [
+        EventExportTrigger(export_id=export_id, end_time=start + 1.0 + (i % 20) * 0.1, poll_interval=0.05)
+        for i in range(100)
+    ]
+
+    async def fire(trigger: EventExportTrigger) -> tuple[float, Any]:
+        async for event in trigger.run():
+            return time.time(), event
+        raise AssertionError("no event")
+
+    async def all_of_them() -> list[tuple[float, Any]]:
+        return await asyncio.gather(*(fire(t) for t in triggers))
+
+    fired = asyncio.run(all_of_them())
+    lateness = [at - t.end_time for (at, _), t in zip(fired, triggers, strict=True)]
+    assert [event.payload["status"] for _, event in fired] == ["timeout"] * 100
+    assert min(lateness) >= 0  # never before the deadline
+    assert max(lateness) < 1.0, f"latest fired {max(lateness):.2f} s after its deadline"
+    # The typed timeout the task raises from each event.
+    with pytest.raises(CometlyExportTimeoutError, match="did not complete before its deadline"):
+        result_from_event(fired[0][1].payload, triggers[0].ref, on_timeout=CometlyExportTimeoutError)
+    # They did share the Space's 30-per-window budget: far fewer polls than triggers x polls wanted.
+    assert len(sim.requests_for("export_status")) < 100 * 3
+
+
+def test_the_deadline_is_wall_clock() -> None:
+    """Stored as epoch seconds: another triggerer process or host resumes it meaningfully."""
+    end_time = time.time() + 600
+    kwargs = EventExportTrigger(export_id=1, end_time=end_time, kind="contacts").serialize()[1]
+    assert kwargs["end_time"] == end_time
+    assert abs(kwargs["end_time"] - time.time() - 600) < 5  # not time.monotonic()
+    assert kwargs["kind"] == "contacts"
