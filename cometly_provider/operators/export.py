@@ -54,7 +54,8 @@ class CreateExportOperator(BaseOperator):
     (in the triggerer when ``deferrable=True``) and returns the completed export's ``{"export_id",
     "kind", "status", "download_url", "expires_at", "completed_at"}`` instead (``download_url``
     without its signature). The ``export_id`` is also pushed under the XCom key ``export_id`` as
-    soon as the export exists, before any waiting.
+    soon as the export exists, before any waiting, and, when the export covers exactly one day
+    (the default), that day under the key ``day`` (``YYYY-MM-DD``), for object keys.
 
     **The right period by default.** Left unset, the period is the last complete day in the
     Space's timezone (connection extra ``timezone``, default UTC) before the run's
@@ -168,6 +169,9 @@ class CreateExportOperator(BaseOperator):
                 pending.save(ref)
         # Before any waiting: visible while this try waits or defers.
         ti.xcom_push(key="export_id", value=ref.export_id)
+        day = _whole_day(kind, body)
+        if day is not None:  # for object keys: "dt={{ ti.xcom_pull(task_ids='...', key='day') }}"
+            ti.xcom_push(key="day", value=day)
         if not self.wait_for_completion:
             return ref.export_id
 
@@ -277,6 +281,18 @@ def _is_deferral(err: BaseException) -> bool:
 
 def _names_export(event: object) -> bool:
     return isinstance(event, Mapping) and event.get("export_id") is not None
+
+
+def _whole_day(kind: ExportKind, body: Mapping[str, Any]) -> str | None:
+    """The day (``YYYY-MM-DD``) the request covers when it is exactly one whole Space day."""
+    for value in body.values():
+        try:
+            day = dt.date.fromisoformat(str(value)[:10])
+        except ValueError:
+            return None
+        covered = kind.day_params(day)
+        return day.isoformat() if all(body.get(k) == v for k, v in covered.items()) else None
+    return None
 
 
 def _period(body: Mapping[str, Any]) -> str:
