@@ -1,10 +1,11 @@
 """The Cometly API's vocabulary, and client-side validation of every request body.
 
 This is the one home of the rules in the API reference (``create-event.md``,
-``create-event-export.md`` and README.md "Contacts exports"). Operators and the hook validate here before any request is sent, so a
-bad payload fails with a message naming the field, the value and what is allowed, and costs no
-rate-limit budget. The simulator deliberately keeps its own implementation of the same rules so
-that the two can be checked against each other (see ``tests/reliability``).
+``create-event-export.md`` and README.md "Contacts exports"). Operators and the hook validate here
+before any request is sent, so a bad payload fails with a message naming the field, the value and
+what is allowed, and costs no rate-limit budget. The simulator deliberately keeps its own
+implementation of the same rules so that the two can be checked against each other (see
+``tests/reliability``).
 """
 
 from __future__ import annotations

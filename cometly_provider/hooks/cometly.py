@@ -331,6 +331,7 @@ class CometlyHook(BaseHook):
             ("extra timeout / connect_timeout", lambda: self.timeout),
             ("extra max_attempts / retry_min_wait / retry_max_wait", lambda: self.retry_policy),
             ("extra rate_limits / rate_limit_window_seconds", lambda: self.rate_limit_policy),
+            ("extra timezone", lambda: self.space_timezone),
         )
         for name, resolve in checks:
             try:
