@@ -62,7 +62,8 @@ class ExportSensor(BaseSensorOperator):
 
     :param export_id: the export to wait for; templated, normally ``create_export.output``. The
         create operator's result dict is accepted too (its ``kind`` then applies).
-    :param kind: ``"events"`` (default) or ``"contacts"``.
+    :param kind: ``"events"`` or ``"contacts"``; default: what ``export_id`` says (a result dict
+        carries its kind), else events.
     :param poke_interval: seconds between polls (default 30).
     :param timeout: seconds to wait overall (default 3600), across reschedules and deferral.
     :param mode: ``"poke"`` (hold the worker slot) or ``"reschedule"`` (free it between polls).
@@ -79,7 +80,7 @@ class ExportSensor(BaseSensorOperator):
         self,
         *,
         export_id: Any,
-        kind: str = "events",
+        kind: str | None = None,
         poke_interval: float | timedelta = DEFAULT_POLL_INTERVAL,
         timeout: float | timedelta = 3600,
         mode: str = "poke",
@@ -91,7 +92,8 @@ class ExportSensor(BaseSensorOperator):
         # Checked here, where DAG authors see it: none of these can come from a template.
         check_seconds(poke_interval, "poke_interval")
         check_seconds(timeout, "timeout", allow_zero=True)
-        export_kind(kind)
+        if kind is not None:
+            export_kind(kind)
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.export_id = export_id
         self.kind = kind

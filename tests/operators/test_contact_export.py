@@ -192,3 +192,19 @@ class _OutletEvents(dict[Any, Any]):
             extra: dict[str, Any] = {}
 
         return _Event()
+
+
+def test_a_result_dict_names_its_kind_and_a_contradicting_kind_is_refused() -> None:
+    from cometly_provider.export_kinds import CONTACTS
+    from cometly_provider.exports import ExportRef
+
+    result = {"export_id": 3, "kind": "contacts", "status": "completed"}
+    assert ExportRef.parse(result) == ExportRef(CONTACTS, 3)
+    assert ExportRef.parse(result, kind="contacts") == ExportRef(CONTACTS, 3)
+    with pytest.raises(
+        CometlyInputError, match="kind='events' is invalid for export: it is a contacts export"
+    ):
+        ExportRef.parse(result, kind="events")
+    # The stored download URL names its export too.
+    url = "https://s3.example/e.ndjson.gz?<redacted>#cometly_export_id=3&cometly_export_kind=contacts"
+    assert ExportRef.parse(url) == ExportRef(CONTACTS, 3)
