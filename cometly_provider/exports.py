@@ -129,7 +129,7 @@ class ExportRef:
                 source = export_kind(kind).create_operator if kind is not None else "the create operator"
                 raise CometlyInputError(  # keys only: the dict may hold a signed URL
                     f"{field}=<a dict with keys {sorted(map(str, value))}> is invalid: expected the "
-                    f"sensor's result, or the integer export_id returned by {source}",
+                    f"integer export_id returned by {source}, or the sensor's result",
                     field=field,
                 )
             carried_kind = value.get("kind") if isinstance(value.get("kind"), str) else None

@@ -78,7 +78,7 @@ def test_creates_the_export_and_returns_its_id(sim: Any) -> None:
 
     assert isinstance(export_id, int)
     assert export_id in sim.exports
-    assert ti.xcom == {"export_id": export_id}
+    assert ti.xcom == {"export_id": export_id, "day": "2024-01-15"}
     creates = sim.requests_for("export_create")
     assert [r.json for r in creates] == [{"date": "2024-01-15"}]
     assert sim.requests_for("export_status") == []  # nothing to wait for
@@ -246,7 +246,7 @@ def test_wait_for_completion_returns_the_completed_export(sim: Any, variables: M
 
     assert set(result) == RESULT_KEYS
     assert result["status"] == "completed"
-    assert ti.xcom == {"export_id": result["export_id"]}
+    assert ti.xcom == {"export_id": result["export_id"], "day": "2024-01-15"}
     assert len(sim.requests_for("export_status")) >= 2
     assert variables.store == {}  # recorded while waiting, forgotten on success
 
