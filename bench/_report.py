@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -63,3 +64,8 @@ def fixed_windows(timestamps: list[float], window: float) -> list[tuple[float, i
         else:
             out.append((ts, 1))
     return out
+
+
+def command_line(script: str, argv: Sequence[str]) -> str:
+    """How to re-run a benchmark, from the repository root, with no machine's paths in it."""
+    return shlex.join(["python", f"bench/{script}", *argv])

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import shlex
 import signal
 import socket
 import subprocess
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from _report import write_section  # bench/ is sys.path[0] when run as a script
+from _report import command_line, write_section  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -526,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Stop the servers on SIGTERM too (finally blocks do not run on the default handler).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    command = shlex.join(["python", *sys.argv])
+    command = command_line(Path(__file__).name, sys.argv[1:])
     args.load_before = os.getloadavg()[0]
     sizes = [int(s) for s in args.sizes_mb.split(",") if s]
     configs = [_config(c) for c in args.configs.split(",") if c]
@@ -719,10 +718,10 @@ def _section(
         "  provider's boto3, so it is measured from a separate virtualenv layered over this one:",
         "",
         "  ```",
-        "  uv venv /tmp/osp-venv --python /work/venv/bin/python",
-        "  uv pip install --python /tmp/osp-venv/bin/python s3fs==2026.9.0",
-        "  echo \"import site; site.addsitedir('/work/venv/lib/python3.11/site-packages')\" \\",
-        "    > /tmp/osp-venv/lib/python3.11/site-packages/zz_base.pth",
+        "  uv venv .venv-osp --python .venv/bin/python",
+        "  uv pip install --python .venv-osp/bin/python s3fs==2026.9.0",
+        "  .venv/bin/python -c 'import site; print(site.getsitepackages()[0])' \\",
+        "    > .venv-osp/lib/python3.11/site-packages/zz_base.pth",
         "  ```",
         "",
         "  GCS follows the same reasoning (gcsfs also finalizes on close): the Google provider's",

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import http.client
 import json
-import shlex
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from _report import (  # bench/ is sys.path[0] when run as a script
+    command_line,
     measured_on,
     print_results,
     results_markdown,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-write-docs", action="store_true", help=f"do not update {DOCS.relative_to(ROOT)}"
     )
     args = parser.parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line(Path(__file__).name, sys.argv[1:])
     fields = [f for f in args.fields.split(",") if f]
 
     with (

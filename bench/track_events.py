@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import requests
 from _report import (  # bench/ is sys.path[0] when run as a script
+    command_line,
     fixed_windows,
     measured_on,
     print_results,
@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-events", type=int, default=400, help="events per 50 ms-latency run")
     parser.add_argument("--no-write-docs", action="store_true")
     args = parser.parse_args(argv)
-    command = "/work/venv/bin/python bench/track_events.py" + (
-        " " + shlex.join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else ""
-    )
+    command = command_line(Path(__file__).name, argv if argv is not None else sys.argv[1:])
 
     runs = {window: paced(args.events, args.limit, window, args.workers) for window in args.window}
     b = unpaced(args.unpaced_events, args.latency_events, args.workers, 0.05)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import (  # bench/ is sys.path[0] when run as a script (tests add it)
+    command_line,
     fixed_windows,
     measured_on,
     print_results,
@@ -321,7 +321,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     print_results(rows, verdicts)
 
     if not args.no_write_docs:
-        command = "/work/venv/bin/python bench/track_load.py" + (" " + shlex.join(argv) if argv else "")
+        command = command_line(Path(__file__).name, argv or [])
         section = (
             "## Load\n\n"
             "Several `TrackEventOperator` tasks sharing one Space, each in its own process (its own\n"

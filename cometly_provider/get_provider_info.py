@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from cometly_provider import __version__
+from cometly_provider.hooks.connection_fields import (
+    provider_info_conn_fields,
+    provider_info_field_behaviour,
+)
 
 INTEGRATION = "Cometly"
 
@@ -47,16 +51,8 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "cometly",
                 "hook-class-name": "cometly_provider.hooks.cometly.CometlyHook",
                 "hook-name": "Cometly",
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"password": "API key", "host": "API host (optional)"},
-                    "placeholders": {
-                        "host": "https://app.cometly.com",
-                        "password": "Cometly API key (one key = one Space)",
-                        "extra": '{"timeout": 30, "rate_limits": {"track": 1000}, '
-                        '"rate_limit_window_seconds": 60}',
-                    },
-                },
+                "ui-field-behaviour": provider_info_field_behaviour(),
+                "conn-fields": provider_info_conn_fields(),
             }
         ],
     }

@@ -69,6 +69,7 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     # Events: no date given, so the last complete day before the run's data_interval_end.
+    # [START howto_create_export]
     create_export = CreateEventExportOperator(
         task_id="create_export",
         fields="{{ params.fields }}",
@@ -76,6 +77,9 @@ with DAG(
         attribution_model="{{ params.attribution_model }}",
         attribution_window="{{ params.attribution_window }}",
     )
+    # [END howto_create_export]
+
+    # [START howto_wait_for_export]
     wait_for_export = ExportSensor(
         task_id="wait_for_export",
         export_id=create_export.output,
@@ -83,12 +87,17 @@ with DAG(
         poke_interval=POLL_SECONDS,
         timeout=60 * 60,
     )
+    # [END howto_wait_for_export]
+
+    # [START howto_download_export]
     download_export = DownloadExportOperator(
         task_id="download_export",
         export=wait_for_export.output,
         destination="s3://{{ params.bucket }}/{{ params.prefix }}/"
         "dt={{ ti.xcom_pull(task_ids='create_export', key='day') }}/events.ndjson.gz",
     )
+    # [END howto_download_export]
+
     create_export >> wait_for_export >> download_export
 
     # Contacts created that same day (00:00:00 to 23:59:59 in the Space's timezone).

@@ -64,7 +64,7 @@ with DAG(
     tags=["cometly", "example"],
     doc_md=__doc__,
 ):
-
+    # [START howto_track_batch]
     @task
     def load_orders() -> list[dict[str, Any]]:
         # First half of the sample orders; the mapped DAG below sends the second half.
@@ -75,6 +75,7 @@ with DAG(
         events=load_orders(),
         failed_events_path="file:///tmp/cometly_failed_events/{{ dag.dag_id }}/{{ run_id }}.ndjson",
     )
+    # [END howto_track_batch]
 
 
 with DAG(
@@ -86,10 +87,11 @@ with DAG(
     tags=["cometly", "example"],
     doc_md=__doc__,
 ):
-
+    # [START howto_track_mapped]
     @task
     def chunk_orders(chunk_size: int = 25) -> list[list[dict[str, Any]]]:
         events = read_orders(100, None)
         return [events[i : i + chunk_size] for i in range(0, len(events), chunk_size)]
 
     TrackEventOperator.partial(task_id="track_chunk", max_workers=4).expand(events=chunk_orders())
+    # [END howto_track_mapped]

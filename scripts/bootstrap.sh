@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv with the provider, both storage extras and the test tooling.
+# Create (or reuse) .venv with the provider, its extras (storage, OpenLineage), the test tooling and
+# the dev tools (dependency groups "test" and "dev" of pyproject.toml).
 # Pinned by constraints/py311.txt so a fresh clone gets the versions CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,17 @@ if [ ! -f "$stamp" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
     "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
-        -c constraints/py311.txt -e ".[amazon,google,test]"
+        -c constraints/py311.txt -e ".[amazon,google,openlineage]" --group dev
     rm -f "$VENV"/.installed-*
     touch "$stamp"
+fi
+
+# The browser test drives Debian's Chromium (Playwright's own browser download is not used).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> Installing Chromium for the browser test (apt-get)" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: chromium not found; tests/browser will be skipped (CI installs it)" >&2
+    fi
 fi

@@ -126,11 +126,34 @@ def run_dag(
     Airflow 3's ``dag.test()`` runs the serialized DAG and only finds DAGs of the configured bundle
     (the DAGs folder) by itself, so the DAG is written to the metadata DB first.
     """
+    serialize_dag(dag)
+    if not hasattr(dag, "test"):  # Airflow 3.0: the Task SDK's DAG has no test() yet
+        from airflow.models.dag import DAG as SchedulerDAG
+
+        dag = SchedulerDAG.from_sdk_dag(dag)
+    return dag.test(logical_date=logical_date, **test_kwargs)
+
+
+def dagbag(dag_folder: str) -> Any:
+    """A DagBag of ``dag_folder`` on every supported Airflow line (the class moved in 3.1)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.0
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef,unused-ignore]
+    return DagBag(dag_folder=dag_folder)
+
+
+def serialize_dag(dag: Any) -> None:
+    """Write a DAG built in a test to the metadata DB: Airflow 3's dag.test() runs the serialized DAG,
+    and only finds DAGs of the configured bundle (the DAGs folder) by itself."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
     DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder="/dev/null")
+    bag = dagbag("/dev/null")
     bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag.test(logical_date=logical_date, **test_kwargs)
+    try:
+        from airflow.dag_processing.dagbag import sync_bag_to_db
+    except ImportError:  # Airflow 3.0
+        bag.sync_to_db("dags-folder", None)
+    else:
+        sync_bag_to_db(bag, "dags-folder", None)

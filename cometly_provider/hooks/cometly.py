@@ -8,6 +8,7 @@ tenacity, and the mapping of every failure to a typed :class:`~cometly_provider.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import json
 import platform
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import tenacity
@@ -43,6 +44,11 @@ from cometly_provider.exceptions import (
     CometlyValidationError,
 )
 from cometly_provider.export_kinds import EVENTS, ExportKind, export_kind
+from cometly_provider.hooks.connection_fields import (
+    DEFAULT_HOST,
+    UI_FIELD_BEHAVIOUR,
+    connection_form_widgets,
+)
 from cometly_provider.hooks.rate_limit import (
     DEFAULT_LIMITS,
     DEFAULT_WINDOW_SECONDS,
@@ -57,8 +63,9 @@ from cometly_provider.validation import validate_track_event
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
 
-DEFAULT_HOST = "https://app.cometly.com"
 API_PREFIX = "/public-api/v1"
+# The UI's Test button waits for test_connection: one attempt, bounded, instead of the retry policy.
+TEST_CONNECTION_TIMEOUT = 4.0
 TRACK_PATH = "/events/track"
 
 # Status codes that no retry can fix.
@@ -170,17 +177,12 @@ class CometlyHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"password": "API key", "host": "API host (optional)"},
-            "placeholders": {
-                "host": DEFAULT_HOST,
-                "password": "Cometly API key (one key = one Space)",
-                "extra": json.dumps(
-                    {"timeout": 30, "rate_limits": {"track": 1000}, "rate_limit_window_seconds": 60}
-                ),
-            },
-        }
+        return copy.deepcopy(UI_FIELD_BEHAVIOUR)
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extras' form fields for Airflow < 3.2 (3.2+ reads ``conn-fields`` instead)."""
+        return connection_form_widgets()
 
     def __init__(
         self,
@@ -215,7 +217,18 @@ class CometlyHook(BaseHook):
 
     @cached_property
     def _extras(self) -> dict[str, Any]:
-        return dict(self.connection.extra_dejson or {})
+        # The connection form stores an emptied field as null (or ""): both mean "the default".
+        extras = {k: v for k, v in (self.connection.extra_dejson or {}).items() if v not in (None, "")}
+        if isinstance(extras.get("rate_limits"), str):  # a text field before Airflow 3.2
+            try:
+                extras["rate_limits"] = json.loads(extras["rate_limits"])
+            except ValueError:
+                raise CometlyInputError(
+                    f"Cometly connection {self.cometly_conn_id!r}: rate_limits={extras['rate_limits']!r} "
+                    'is not JSON; expected an object such as {"track": 500}',
+                    field="rate_limits",
+                ) from None
+        return extras
 
     @cached_property
     def api_key(self) -> str:
@@ -230,7 +243,7 @@ class CometlyHook(BaseHook):
 
     @cached_property
     def host(self) -> str:
-        return _normalize_host(self.connection.host)
+        return _normalize_host(self.connection.host, self.connection.port)
 
     @property
     def api_base(self) -> str:
@@ -665,17 +678,42 @@ class CometlyHook(BaseHook):
             response.close()
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the key with a read-only call (status of export 0) that creates nothing."""
+        """Check host and key with one read-only call (status of export 0) that creates nothing.
+
+        The UI's Test button waits for this, so it is a single attempt bounded by
+        ``TEST_CONNECTION_TIMEOUT`` rather than the full retry policy, and every failure says what
+        to fix.
+        """
+        where = f"GET {EVENTS.status_path(0)}"
         try:
-            self._call(EVENTS.status_endpoint, "GET", EVENTS.status_path(0))
-        except CometlyNotFoundError:
+            host = self.host
+            connect, read = self.timeout
+            probe_timeout = (min(connect, TEST_CONNECTION_TIMEOUT), min(read, TEST_CONNECTION_TIMEOUT))
+            try:
+                response = self.session.request(
+                    "GET", f"{self.api_base}{EVENTS.status_path(0)}", timeout=probe_timeout
+                )
+            except requests.RequestException as err:
+                reason = type(err).__name__
+                hint = ""
+                if "://" not in (self.connection.host or "://"):
+                    hint = (
+                        f" The host has no scheme, so https:// was assumed; if the server speaks plain "
+                        f"HTTP, write http://{self.connection.host} (in URI form: cometly://http://:KEY@host:port)."
+                    )
+                return False, (
+                    f"Cannot reach Cometly at {host} ({reason}, gave up after one attempt of at most "
+                    f"{TEST_CONNECTION_TIMEOUT:g} s): check the API host and port, and that this Airflow "
+                    f"component can reach it.{hint}"
+                )
+            self._handle(response, where, None)
+        except (CometlyNotFoundError, CometlyValidationError):
             pass  # the key was accepted; export 0 just does not exist
-        except CometlyValidationError:
-            pass
         except CometlyAuthError as err:
-            return False, f"Cometly rejected the API key (HTTP {err.status_code}): {err.api_message}"
-        except CometlyConnectionError as err:
-            return False, f"Cannot reach Cometly at {self.host}: {err}"
+            return False, (
+                f"Cometly at {self.host} rejected the API key (HTTP {err.status_code}): {err.api_message} "
+                "Put the Space's API key in the API key field."
+            )
         except CometlyError as err:
             return False, str(err)
         return True, f"Connected to Cometly at {self.host}; the API key is valid."
@@ -730,7 +768,12 @@ def _masked(export: dict[str, Any]) -> dict[str, Any]:
     return export
 
 
-def _normalize_host(host: str | None) -> str:
+def _normalize_host(host: str | None, port: int | None = None) -> str:
+    """``scheme://host[:port]`` from the connection's host and port fields.
+
+    A host without a scheme gets https://. The port field (or a URI-form connection's port) is kept
+    unless the host already names one; 0 is what the form sends for "no port".
+    """
     if not host:
         return DEFAULT_HOST
     host = host.strip().rstrip("/")
@@ -738,6 +781,10 @@ def _normalize_host(host: str | None) -> str:
         host = host[: -len(API_PREFIX)]
     if "://" not in host:
         host = "https://" + host
+    if port:
+        parts = urlsplit(host)
+        if parts.port is None:
+            host = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{int(port)}"))
     return host
 
 

@@ -18,8 +18,10 @@ from cometly_provider.utils.storage import (
     GZIP_CONTENT_TYPE,
     NDJSON_CONTENT_TYPE,
     Destination,
+    check_scheme_available,
     open_writer,
     parse_destination,
+    static_scheme,
 )
 from cometly_provider.utils.transfer import ExportTransfer, MiB
 
@@ -121,6 +123,9 @@ class DownloadExportOperator(BaseOperator):
         self._interruptible = False
         # Fail at parse time for what templates cannot change.
         _check_settings(part_size, max_concurrency, max_resume_attempts, decompress, replace)
+        scheme = static_scheme(destination)
+        if scheme is not None:
+            check_scheme_available(scheme, destination)
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
         super().render_template_fields(context, jinja_env)
@@ -224,6 +229,15 @@ class DownloadExportOperator(BaseOperator):
                 "the task was killed during the export download; the upload was aborted and the "
                 "task can be retried"
             )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the Cometly export in, the destination out."""
+        from cometly_provider.lineage import export_lineage
+
+        hook = CometlyHook(self.cometly_conn_id, **self.hook_params)
+        export = as_mapping(self.export)
+        kind = self.kind or (export.get("kind") if isinstance(export, Mapping) else None) or "events"
+        return export_lineage(hook, self.destination, kind=kind)
 
     def _validated(self) -> tuple[Destination, ExportRef | str]:
         """Check every input before any request: the destination, and the export (or URL) to read.

@@ -221,6 +221,12 @@ class CreateExportOperator(BaseOperator):
             pending.clear()
         return result
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the export reads the Space's data of its kind."""
+        from cometly_provider.lineage import export_lineage
+
+        return export_lineage(CometlyHook(self.cometly_conn_id, **self.hook_params), kind=self.kind)
+
     def _create(self, hook: CometlyHook, body: Mapping[str, Any]) -> ExportRef:
         kind = self.export_kind
         response = hook.create_export(kind, patient=True, **body)

@@ -11,6 +11,7 @@ bytes, reused from part to part; a write blocks while all of them are busy uploa
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -51,6 +52,48 @@ class UploadError(AirflowException):
 
 
 Destination = ObjectLocation
+
+
+#: scheme -> (the provider package it needs, its display name, the extra that installs it)
+SCHEME_PROVIDERS = {
+    "s3": ("airflow.providers.amazon", "Amazon", "amazon"),
+    "gs": ("airflow.providers.google", "Google", "google"),
+}
+
+
+def missing_provider_error(
+    scheme: str, value: object, *, field: str
+) -> AirflowOptionalProviderFeatureException:
+    package, name, extra = SCHEME_PROVIDERS[scheme]
+    return AirflowOptionalProviderFeatureException(
+        f"{field}={value!r}: {scheme}:// locations need the {name} provider ({package}), which is not "
+        f"installed: pip install 'airflow-provider-cometly[{extra}]'"
+    )
+
+
+def check_scheme_available(scheme: str, value: object, *, field: str = "destination") -> None:
+    """Fail when the provider that ``scheme`` needs is not installed.
+
+    Cheap enough for DAG parsing: a module-spec lookup of the provider package, no hook import.
+    """
+    if scheme not in SCHEME_PROVIDERS:
+        return
+    try:
+        found = importlib.util.find_spec(SCHEME_PROVIDERS[scheme][0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise missing_provider_error(scheme, value, field=field)
+
+
+def static_scheme(value: object) -> str | None:
+    """The scheme of a location whose scheme is not templated (``s3://{{ var }}/k`` -> ``s3``)."""
+    if not isinstance(value, str):
+        return None
+    head = value.strip().split("{{", 1)[0].split("{%", 1)[0]
+    if "://" not in head:
+        return None
+    return head.split("://", 1)[0].lower() or None
 
 
 def parse_destination(value: object, *, field: str = "destination") -> Destination:
@@ -723,9 +766,7 @@ def open_writer(
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
             from botocore.config import Config
         except ImportError as err:
-            raise AirflowOptionalProviderFeatureException(
-                "s3:// destinations need the Amazon provider: pip install 'airflow-provider-cometly[amazon]'"
-            ) from err
+            raise missing_provider_error("s3", destination.uri, field="destination") from err
         s3_hook = S3Hook(aws_conn_id=conn_id or "aws_default")
         # One pooled connection per part thread, on top of whatever the connection configures.
         config = s3_hook.config.merge(Config(max_pool_connections=max(10, max_concurrency + 2)))
@@ -744,9 +785,7 @@ def open_writer(
             from airflow.providers.google.cloud.hooks.gcs import GCSHook
             from google.auth.transport.requests import AuthorizedSession
         except ImportError as err:
-            raise AirflowOptionalProviderFeatureException(
-                "gs:// destinations need the Google provider: pip install 'airflow-provider-cometly[google]'"
-            ) from err
+            raise missing_provider_error("gs", destination.uri, field="destination") from err
         gcs_hook = GCSHook(gcp_conn_id=conn_id or "google_cloud_default")
         client = gcs_hook.get_conn()
         session = AuthorizedSession(gcs_hook.get_credentials())  # type: ignore[no-untyped-call]

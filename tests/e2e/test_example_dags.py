@@ -27,8 +27,6 @@ WINDOW = 1.5  # a scaled rate-limit "minute", told to both the simulator and the
 @pytest.fixture(scope="module")
 def example_dags() -> dict[str, Any]:
     """The example DAGs as a DagBag parses them, with any network connection failing loudly."""
-    from airflow.dag_processing.dagbag import DagBag
-
     attempts: list[Any] = []
     original = socket.socket.connect
 
@@ -38,7 +36,7 @@ def example_dags() -> dict[str, Any]:
 
     socket.socket.connect = no_network  # type: ignore[method-assign]
     try:
-        bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+        bag = support.dagbag(str(EXAMPLE_DAGS))
     finally:
         socket.socket.connect = original  # type: ignore[method-assign]
     assert bag.import_errors == {}

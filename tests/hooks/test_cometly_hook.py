@@ -74,7 +74,8 @@ def test_missing_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 def test_ui_field_behaviour_relabels_password() -> None:
     behaviour = CometlyHook.get_ui_field_behaviour()
     assert behaviour["relabeling"]["password"] == "API key"
-    assert {"schema", "port", "login"} <= set(behaviour["hidden_fields"])
+    assert {"schema", "login"} <= set(behaviour["hidden_fields"])
+    assert "port" not in behaviour["hidden_fields"]  # see connection_fields: Test needs a stored port
 
 
 def test_error_mapping() -> None:

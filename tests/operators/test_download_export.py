@@ -34,8 +34,12 @@ from cometly_provider.exceptions import (
 )
 from cometly_provider.exports import ExportRef, completed_result
 from cometly_provider.hooks.cometly import CometlyHook
-from cometly_provider.operators.download_export import DownloadEventExportOperator, default_asset
+from cometly_provider.operators.download_export import (
+    DownloadEventExportOperator,
+    default_asset,
+)
 from cometly_provider.utils.storage import DestinationExistsError, S3MultipartWriter
+from tests import event_exports as support
 from tests.conftest import free_port
 
 MiB = 1024 * 1024
@@ -666,18 +670,6 @@ def test_asset_event_extra_carries_the_rendered_uri(cometly_conn: Any, tmp_path:
 # --- a real Airflow run -------------------------------------------------------------------------------
 
 
-def _serialize(dag: Any) -> None:
-    """Write a DAG built in a test to the metadata DB: Airflow 3's dag.test() runs the serialized DAG,
-    and only finds DAGs of the configured bundle (the DAGs folder) by itself."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder="/dev/null")
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-
-
 @pytest.mark.usefixtures("airflow_db")
 def test_dag_test_end_to_end(
     cometly_conn: Any, bucket: tuple[Any, str], capfd: pytest.CaptureFixture[str]
@@ -714,8 +706,7 @@ def test_dag_test_end_to_end(
         download.resume_wait_s = 0
         wait_for_export() >> download
 
-    _serialize(dag)
-    run = dag.test(logical_date=pendulum.datetime(2024, 1, 15, tz="UTC"))
+    run = support.run_dag(dag, logical_date=pendulum.datetime(2024, 1, 15, tz="UTC"))
     assert run.state == "success"
     out, err = capfd.readouterr()
     assert "resuming from byte" in out

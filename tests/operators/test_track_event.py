@@ -38,6 +38,7 @@ from cometly_provider.testing import spawn_simulator
 from cometly_provider.tracking.batch import TrackingBatch
 from cometly_provider.tracking.sender import Stats
 from cometly_provider.tracking.sources import EventSource, event_source
+from tests import event_exports as support
 from tests.conftest import cometly_conn_uri
 
 WINDOW = 1.0
@@ -690,18 +691,6 @@ def test_gcs_plain_events(sim: Any, gcs_conn: str) -> None:
 # --- real Airflow runs -----------------------------------------------------------------------------
 
 
-def _serialize(dag: Any) -> None:
-    """Write a DAG built in a test to the metadata DB: Airflow 3's dag.test() runs the serialized DAG,
-    and only finds DAGs of the configured bundle (the DAGs folder) by itself."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder="/dev/null")
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-
-
 def _xcom(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -749,8 +738,7 @@ def test_dag_test_taskflow_upstream_and_templated_single_event(sim: Any) -> None
             order_id="order-{{ ds }}",
         )
 
-    _serialize(dag)
-    run = dag.test(logical_date=pendulum.datetime(2024, 1, 15, tz="UTC"))
+    run = support.run_dag(dag, logical_date=pendulum.datetime(2024, 1, 15, tz="UTC"))
     assert run.state == "success", _states(dag_id, run.run_id)
     batch = _xcom(dag_id, "track_orders", run.run_id)
     assert (batch["total"], batch["sent"], batch["failed"]) == (40, 40, 0)
@@ -791,8 +779,7 @@ def test_dag_test_dynamic_task_mapping(sim: Any) -> None:
             event=[{"event_name": "sign_up", "email": f"new{i}@example.com"} for i in range(3)]
         )
 
-    _serialize(dag)
-    run = dag.test(logical_date=pendulum.datetime(2024, 1, 15, tz="UTC"))
+    run = support.run_dag(dag, logical_date=pendulum.datetime(2024, 1, 15, tz="UTC"))
     assert run.state == "success", _states(dag_id, run.run_id)
     assert [_xcom(dag_id, "track_batches", run.run_id, i)["sent"] for i in range(3)] == [10, 10, 5]
     assert [_xcom(dag_id, "track_each", run.run_id, i)["sent"] for i in range(3)] == [1, 1, 1]
