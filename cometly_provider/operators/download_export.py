@@ -45,8 +45,9 @@ class DownloadExportOperator(BaseOperator):
     record count) and a sha256 into a multipart (S3) / resumable (GCS) upload or a temp file
     (local), which becomes visible only once the whole stream checked out. A cut connection or an
     expired URL is resumed from the byte already received (a fresh URL is fetched when
-    ``export_id`` is known). Peak memory is about ``part_size * (max_concurrency + 1)`` plus the
-    interpreter, whatever the file size.
+    ``export_id`` is known). Peak memory is about ``part_size * (max_concurrency + 1)``, plus up to
+    8 MiB of chunks queued for the gzip check (run on its own thread) and the interpreter, whatever
+    the file size.
 
     Returns (XCom) ``destination``, ``bytes_written``, ``records``, ``sha256`` (of the bytes written),
     ``compressed``, ``duration_s``, ``mb_per_s``, ``export_id``, ``kind``, ``bytes_downloaded`` and
@@ -69,7 +70,9 @@ class DownloadExportOperator(BaseOperator):
     :param replace: overwrite an existing destination object; ``False`` fails if it exists.
     :param part_size: bytes per multipart part / resumable chunk, a multiple of 256 KiB
         (S3: at least 5 MiB). The 8 MiB default measured both faster and leaner than 16 MiB
-        into S3 (``docs/benchmarks.md``); S3's 10,000-part cap puts the limit at 80 GB.
+        into S3 (``docs/benchmarks.md``). Parts grow as needed to stay within S3's 10,000-part cap
+        (sized up front from the download's length; doubling after every 1,000 parts when the size is
+        unknown, e.g. with ``decompress=True``).
     :param max_concurrency: S3 parts uploaded in parallel.
     :param max_resume_attempts: resumptions of the download (cuts, expired URLs) before failing.
     :param hook_params: extra keyword arguments for :class:`CometlyHook`.

@@ -91,6 +91,27 @@ _CUSTOM_NAMES: tuple[str, ...] = (
     "Deal Won",
 )
 _URL_PATHS: tuple[str, ...] = ("checkout/success", "thank-you", "pricing", "blog/attribution", "signup", "")
+# Realistic landing pages: a path, the campaign's UTM tags and the ad platform's click id. The click
+# id is what makes real exports compress ~8:1 rather than 15-25:1: it is random, one per visit.
+_LANDING_PATHS: tuple[str, ...] = (
+    *_URL_PATHS,
+    *(
+        f"products/{kind}-{n}"
+        for kind in ("sneaker", "jacket", "backpack", "watch", "lamp")
+        for n in range(40)
+    ),
+    *(f"blog/{topic}" for topic in ("attribution-101", "ios-tracking", "roas", "utm-guide", "capi")),
+)
+# (utm_source, utm_medium, click-id parameter, its length); two in five visits are untagged.
+_CAMPAIGN_SOURCES: tuple[tuple[str, str, str, int], ...] = (
+    ("facebook", "paid_social", "fbclid", 61),
+    ("google", "cpc", "gclid", 54),
+    ("tiktok", "paid_social", "ttclid", 42),
+    ("bing", "cpc", "msclkid", 32),
+    ("newsletter", "email", "mc_eid", 10),
+)
+_CAMPAIGNS = 48
+_CLICK_ID_POOL_BYTES = 3 << 20  # 4 MiB of url-safe base64: far larger than deflate's 32 KiB window
 
 
 class ExportCancelled(Exception):
@@ -170,6 +191,43 @@ def eligible_sources(sources: tuple[str, ...] | None, model: str | None) -> tupl
     return sources
 
 
+@lru_cache(maxsize=4)
+def _click_id_pool(seed: int) -> str:
+    return base64.urlsafe_b64encode(
+        random.Random(f"{seed}:click-ids").randbytes(_CLICK_ID_POOL_BYTES)
+    ).decode()
+
+
+def _landing_urls(click_ids: str, rand: memoryview, ev_ids: list[int], count: int) -> list[str]:
+    """The page each event happened on, as an ad click would land there (the default ``event_url``)."""
+    paths, sources = _LANDING_PATHS, _CAMPAIGN_SOURCES
+    span = len(click_ids) - 64
+    urls = []
+    for j in range(count):
+        r = rand[8 * j + 3]
+        url = f"https://shop.example.com/{paths[rand[8 * j + 6] % len(paths)]}?eid={ev_ids[j]}"
+        if r % 5 >= 2:
+            source, medium, click_param, length = sources[(r >> 3) % len(sources)]
+            start = (r >> 6) % span
+            url += (
+                f"&utm_source={source}&utm_medium={medium}&utm_campaign=spring_{(r >> 1) % _CAMPAIGNS:02d}"
+                f"&{click_param}={click_ids[start : start + length]}"
+            )
+        urls.append(url)
+    return urls
+
+
+def _padded_urls(pool: str, pad: int, rand: memoryview, ev_ids: list[int], count: int) -> list[str]:
+    """Benchmark mode (``row_padding_bytes``): short URLs carrying ``pad`` incompressible bytes each."""
+    paths = _URL_PATHS
+    span = len(pool) - pad
+    return [
+        f"https://shop.example.com/{paths[rand[8 * j + 6] % len(paths)]}?eid={ev_ids[j]}"
+        f"&pad={pool[o : o + pad]}"
+        for j, o in zip(range(count), (rand[8 * j + 7] % span for j in range(count)), strict=True)
+    ]
+
+
 class _Generator:
     """Formats the rows of one export, batch by batch, as bytes."""
 
@@ -192,9 +250,12 @@ class _Generator:
         self.events = 0 if (self.attributed and not self.sources) else spec.rows
         self.clock = _clock_table()
         self.pad_pool = ""
+        self.click_id_pool = ""
         if spec.padding and "event_url" in spec.fields:
             rng = random.Random(f"{self.events_key}:pad")
             self.pad_pool = base64.urlsafe_b64encode(rng.randbytes(_PAD_POOL_BYTES)).decode()
+        elif "event_url" in spec.fields:
+            self.click_id_pool = _click_id_pool(spec.seed)
 
         keys = ["id", "event_time_utc"]
         if self.attributed:
@@ -327,19 +388,10 @@ class _Generator:
                 ]
             )
         if field == "event_url":
-            paths = _URL_PATHS
-            urls = [
-                f"https://shop.example.com/{paths[rand[8 * j + 6] % len(paths)]}?eid={ev_ids[j]}"
-                for j in range(count)
-            ]
-            pool = self.pad_pool
-            if pool:
-                pad = self.spec.padding
-                span = len(pool) - pad
-                urls = [
-                    f"{u}&pad={pool[o : o + pad]}"
-                    for u, o in zip(urls, (rand[8 * j + 7] % span for j in range(count)), strict=True)
-                ]
+            if self.pad_pool:
+                urls = _padded_urls(self.pad_pool, self.spec.padding, rand, ev_ids, count)
+            else:
+                urls = _landing_urls(self.click_id_pool, rand, ev_ids, count)
             return expand([f'"{u}"' for u in urls])
         if field in AD_HIERARCHY_FIELDS:
             return [self._ad_value(field, src, ev_ids[j]) for j, src in zip(row_ev, row_src, strict=True)]

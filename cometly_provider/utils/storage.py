@@ -37,8 +37,12 @@ from cometly_provider.utils.locations import ObjectLocation, parse_location
 if TYPE_CHECKING:
     from cometly_provider.utils.transfer import Log
 
-#: S3 refuses more than 10,000 parts (part sizes are checked in :mod:`cometly_provider.checks`).
+#: S3 refuses parts larger than 5 GiB and more than 10,000 parts (the minimum sizes are checked in
+#: :mod:`cometly_provider.checks`).
+S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
+#: Without a (trustworthy) size, the part size doubles after each tenth of S3_MAX_PARTS parts.
+S3_PART_GROWTH_STEPS = 10
 GZIP_CONTENT_TYPE = "application/gzip"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 
@@ -325,6 +329,7 @@ class S3MultipartWriter(_PartWriter):
         )
         self.client = client
         self.upload_id: str | None = None
+        self._base_part_size = part_size
 
     @property
     def bucket(self) -> str:
@@ -349,6 +354,39 @@ class S3MultipartWriter(_PartWriter):
     def _start(self) -> None:
         self._reset_parts()
         self.upload_id = None
+        self.part_size = self._base_part_size  # a restart starts again from the first part size
+
+    def _take_buffer(self) -> bytearray:
+        self._fit_part_cap()
+        return super()._take_buffer()
+
+    def _fit_part_cap(self) -> None:
+        """Grow the part about to be filled so that S3's part cap is never reached, whatever the size.
+
+        With a size known in advance the parts are sized once (:meth:`set_size_hint`). Otherwise
+        (decompress=True, no Content-Length, or more bytes than announced) the part size doubles after
+        each tenth of the cap: 10,000 parts of 8 MiB then hold 8 TiB, more than S3's 5 TiB per object,
+        and memory only grows for objects past 8 GB. S3 accepts unequal parts of at least 5 MiB.
+        """
+        number = self._next_part
+        hint = self._size_hint
+        if (
+            hint is not None
+            and self._dispatched_bytes < hint
+            and self._dispatched_bytes + (S3_MAX_PARTS - number + 1) * self.part_size >= hint
+        ):
+            return  # the announced size still fits at the current part size
+        step = max(1, S3_MAX_PARTS // S3_PART_GROWTH_STEPS)
+        wanted = min(self._base_part_size << ((number - 1) // step), S3_MAX_PART_SIZE)
+        if wanted > self.part_size:
+            self.log.info(
+                "S3 part %d onwards: %d-byte parts (was %d) to stay within %d parts",
+                number,
+                wanted,
+                self.part_size,
+                S3_MAX_PARTS,
+            )
+            self.part_size = wanted
 
     def remove(self) -> bool:
         if not self._exists():
@@ -368,7 +406,7 @@ class S3MultipartWriter(_PartWriter):
                 self.part_size,
                 grown,
             )
-            self.part_size = grown
+            self.part_size = self._base_part_size = grown
 
     def _before_dispatch(self, number: int, *, last: bool) -> None:
         if number > S3_MAX_PARTS:

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -501,11 +502,14 @@ def test_killed_task_aborts_the_upload(
 class _Payload(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, payload: bytes, *, ignore_range: bool, cut_first_at: int | None) -> None:
+    def __init__(
+        self, payload: bytes, *, ignore_range: bool, cut_first_at: int | None, no_length: bool = False
+    ) -> None:
         super().__init__(("127.0.0.1", free_port()), _PayloadHandler)
         self.payload = payload
         self.ignore_range = ignore_range
         self.cut_first_at = cut_first_at
+        self.no_length = no_length  # no Content-Length: the body ends when the connection closes
         self.ranges: list[str | None] = []
 
 
@@ -524,7 +528,11 @@ class _PayloadHandler(http.server.BaseHTTPRequestHandler):
             start = int(ranged.removeprefix("bytes=").removesuffix("-"))
             data, status = data[start:], 206
         self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
+        if server.no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(data)))
         if status == 206:
             self.send_header(
                 "Content-Range",
@@ -542,8 +550,14 @@ class _PayloadHandler(http.server.BaseHTTPRequestHandler):
 def payload_server() -> Iterator[Any]:
     servers: list[_Payload] = []
 
-    def start(payload: bytes, *, ignore_range: bool = False, cut_first_at: int | None = None) -> _Payload:
-        server = _Payload(payload, ignore_range=ignore_range, cut_first_at=cut_first_at)
+    def start(
+        payload: bytes,
+        *,
+        ignore_range: bool = False,
+        cut_first_at: int | None = None,
+        no_length: bool = False,
+    ) -> _Payload:
+        server = _Payload(payload, ignore_range=ignore_range, cut_first_at=cut_first_at, no_length=no_length)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server
@@ -597,6 +611,51 @@ def test_corrupt_download_never_becomes_an_object(
             _context()
         )
     assert _keys(client, name) == []
+    assert _uploads(client, name) == []
+
+
+@pytest.mark.usefixtures("cometly_conn")
+@pytest.mark.parametrize("no_length", [False, True], ids=["content_length_0", "closed_without_length"])
+def test_empty_body_lands_a_valid_empty_export(
+    payload_server: Any, bucket: tuple[Any, str], tmp_path: Path, no_length: bool
+) -> None:
+    client, name = bucket
+    server = payload_server(b"", no_length=no_length)
+    local = tmp_path / "empty.ndjson.gz"
+    for destination in (f"s3://{name}/empty.ndjson.gz", f"file://{local}"):
+        result = _operator(download_url=_url(server), destination=destination).execute(_context())
+        assert result["records"] == 0
+    body = client.get_object(Bucket=name, Key="empty.ndjson.gz")["Body"].read()
+    assert body == local.read_bytes()
+    assert gzip.decompress(body) == b""
+    subprocess.run(["gzip", "-t", str(local)], check=True)  # what a user's own check would say
+
+    plain = _operator(download_url=_url(server), destination=f"s3://{name}/empty.ndjson", decompress=True)
+    assert plain.execute(_context())["bytes_written"] == 0
+    assert client.get_object(Bucket=name, Key="empty.ndjson")["Body"].read() == b""
+    assert _uploads(client, name) == []
+
+
+@pytest.mark.usefixtures("cometly_conn")
+def test_decompress_without_content_length_grows_parts_within_the_part_cap(
+    payload_server: Any, bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither the decompressed size (decompress=True) nor the download's (no Content-Length) is known
+    # in advance: 21 MiB of NDJSON would take 5 parts of 5 MiB, the cap is lowered to 3.
+    monkeypatch.setattr("cometly_provider.utils.storage.S3_MAX_PARTS", 3)
+    client, name = bucket
+    plain = _random_ndjson(21 * MiB)
+    server = payload_server(gzip.compress(plain, 1), no_length=True)
+
+    result = _operator(
+        download_url=_url(server), destination=f"s3://{name}/e.ndjson", decompress=True, part_size=5 * MiB
+    ).execute(_context())
+
+    obj = client.get_object(Bucket=name, Key="e.ndjson")
+    assert obj["Body"].read() == plain
+    parts = int(obj["ETag"].strip('"').rsplit("-", 1)[1])
+    assert parts <= 3
+    assert result["records"] == plain.count(b"\n")
     assert _uploads(client, name) == []
 
 

@@ -216,3 +216,29 @@ def test_large_export_streams_line_by_line(api: Api) -> None:
     with gzip.GzipFile(fileobj=response.raw) as lines:
         count = sum(1 for _ in lines)
     assert count == 250_000
+
+
+def test_default_rows_compress_like_real_exports(tmp_path: Any) -> None:
+    """Every non-attribution field, no padding: ~8:1 like real exports (the download benchmark's data)."""
+    from cometly_provider.testing._exports import ExportSpec, write_export
+
+    fields = ("profile_id", "company_id", "space_id", "event_name", "configured_name", "amount")
+    spec = ExportSpec(
+        date="2024-01-15",
+        query_mode="profile",
+        event_names=None,
+        sources=None,
+        attribution_model=None,
+        attribution_window=None,
+        fields=(*fields, "is_upsell", "order_id", "order_name", "event_url"),
+        rows=20_000,
+        seed=1,
+        padding=0,
+        gzip_level=6,
+    )
+    export = write_export(spec, str(tmp_path / "e.gz"))
+    with open(export.path, "rb") as handle:
+        plain = gzip.decompress(handle.read())
+    assert 6.5 <= len(plain) / export.size <= 9.5
+    urls = [line.split(b'"event_url":')[1] for line in plain.splitlines()[:1000]]
+    assert sum(b"clid=" in url or b"msclkid=" in url or b"mc_eid=" in url for url in urls) > 400  # click ids

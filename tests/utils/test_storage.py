@@ -261,6 +261,46 @@ def test_s3_part_size_grows_past_10000_parts(bucket: tuple[Any, str]) -> None:
     writer.abort()
 
 
+def _part_sizes(client: Any, name: str, key: str) -> list[int]:
+    parts = int(client.head_object(Bucket=name, Key=key)["ETag"].strip('"').rsplit("-", 1)[1])
+    return [
+        client.head_object(Bucket=name, Key=key, PartNumber=n)["ContentLength"] for n in range(1, parts + 1)
+    ]
+
+
+@pytest.mark.parametrize("hint", [None, 12 * MiB], ids=["no_size", "size_exceeded"])
+def test_s3_parts_grow_to_stay_within_the_part_cap(
+    bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, hint: int | None
+) -> None:
+    # The cap lowered to 4 parts: 26 MiB of 5 MiB parts would need 6. Growing (doubling after each
+    # tenth of the cap, here every part) fits them in 3 unequal parts of >= 5 MiB.
+    monkeypatch.setattr("cometly_provider.utils.storage.S3_MAX_PARTS", 4)
+    client, name = bucket
+    data = _payload(26 * MiB)
+    writer = _writer(f"s3://{name}/grown.gz", max_concurrency=2)
+    writer.begin()
+    writer.set_size_hint(hint)  # None: decompress=True or no Content-Length; else a size that lies
+    _write_and_commit(writer, data)
+    assert client.get_object(Bucket=name, Key="grown.gz")["Body"].read() == data
+    sizes = _part_sizes(client, name, "grown.gz")
+    assert len(sizes) <= 4
+    assert all(size >= 5 * MiB for size in sizes[:-1])
+    assert _uploads(client, name) == []
+
+
+def test_s3_parts_keep_their_size_while_the_announced_size_fits(
+    bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cometly_provider.utils.storage.S3_MAX_PARTS", 6)
+    client, name = bucket
+    data = _payload(26 * MiB)
+    writer = _writer(f"s3://{name}/fits.gz")
+    writer.begin()
+    writer.set_size_hint(len(data))  # 6 parts of 5 MiB hold it: no growth, no extra memory
+    _write_and_commit(writer, data)
+    assert _part_sizes(client, name, "fits.gz") == [5 * MiB] * 5 + [MiB]
+
+
 # --- GCS (gcp-storage-emulator) ----------------------------------------------------------------------
 
 

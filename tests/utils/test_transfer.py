@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import random
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +27,25 @@ from cometly_provider.exceptions import (
     CometlyDownloadIntegrityError,
     CometlyDownloadRangeIgnoredError,
 )
-from cometly_provider.utils.transfer import ExportTransfer, GzipVerifier
+from cometly_provider.utils.transfer import (
+    EMPTY_GZIP,
+    INFLATER,
+    ExportTransfer,
+    GzipVerifier,
+    count_newlines,
+)
+
+# Every verifier test runs with ISA-L (the default) and with stdlib zlib (the fallback without the wheel).
+INFLATERS = ["isal", "zlib"]
+
+
+@pytest.fixture(params=INFLATERS)
+def inflater(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_isal_is_the_default_inflater() -> None:
+    assert INFLATER == "isal"
 
 
 def _feed_all(verifier: GzipVerifier, data: bytes, cuts: list[int]) -> bytes:
@@ -48,7 +68,11 @@ def _ndjson(rows: int, *, trailing_newline: bool = True) -> bytes:
 # --- GzipVerifier ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],  # a plain str
+)
 @given(
     rows=st.integers(min_value=0, max_value=400),
     trailing=st.booleans(),
@@ -56,11 +80,11 @@ def _ndjson(rows: int, *, trailing_newline: bool = True) -> bytes:
     max_piece=st.integers(min_value=1, max_value=5000),
 )
 def test_verifier_round_trips_any_chunking(
-    rows: int, trailing: bool, cuts: list[int], max_piece: int
+    rows: int, trailing: bool, cuts: list[int], max_piece: int, inflater: str
 ) -> None:
     plain = _ndjson(rows, trailing_newline=trailing)
     data = gzip.compress(plain)
-    verifier = GzipVerifier(max_piece=max_piece)
+    verifier = GzipVerifier(max_piece=max_piece, inflater=inflater)
     assert _feed_all(verifier, data, [c % (len(data) + 1) for c in cuts]) == plain
     assert verifier.records == rows
     assert verifier.compressed_bytes == len(data)
@@ -71,73 +95,73 @@ def test_verifier_round_trips_any_chunking(
     ("plain", "records"),
     [(b"", 0), (b"\n", 1), (b"a", 1), (b"a\n", 1), (b"a\nb", 2), (b"a\n\nb\n", 3)],
 )
-def test_record_count_rules(plain: bytes, records: int) -> None:
-    verifier = GzipVerifier()
+def test_record_count_rules(plain: bytes, records: int, inflater: str) -> None:
+    verifier = GzipVerifier(inflater=inflater)
     assert _feed_all(verifier, gzip.compress(plain), []) == plain
     assert verifier.records == records
 
 
-def test_truncated_stream_fails_at_every_cut_point() -> None:
+def test_truncated_stream_fails_at_every_cut_point(inflater: str) -> None:
     data = gzip.compress(_ndjson(50))
     for cut in range(1, len(data)):
-        verifier = GzipVerifier()
+        verifier = GzipVerifier(inflater=inflater)
         with pytest.raises(CometlyDownloadIntegrityError, match=r"truncated|not valid gzip"):
             _feed_all(verifier, data[:cut], [])
 
 
-def test_empty_input_is_not_a_gzip_stream() -> None:
+def test_empty_input_is_not_a_gzip_stream(inflater: str) -> None:
     with pytest.raises(CometlyDownloadIntegrityError, match="empty"):
-        list(GzipVerifier().finish())
+        list(GzipVerifier(inflater=inflater).finish())
 
 
-def test_corrupt_crc_fails() -> None:
+def test_corrupt_crc_fails(inflater: str) -> None:
     data = bytearray(gzip.compress(_ndjson(20)))
     data[-8] ^= 0xFF  # CRC-32 in the trailer
     with pytest.raises(CometlyDownloadIntegrityError, match="not valid gzip"):
-        _feed_all(GzipVerifier(), bytes(data), [])
+        _feed_all(GzipVerifier(inflater=inflater), bytes(data), [])
 
 
-def test_wrong_length_in_trailer_fails() -> None:
+def test_wrong_length_in_trailer_fails(inflater: str) -> None:
     data = bytearray(gzip.compress(_ndjson(20)))
     data[-1] ^= 0x01  # ISIZE
     with pytest.raises(CometlyDownloadIntegrityError):
-        _feed_all(GzipVerifier(), bytes(data), [])
+        _feed_all(GzipVerifier(inflater=inflater), bytes(data), [])
 
 
-def test_not_gzip_fails() -> None:
+def test_not_gzip_fails(inflater: str) -> None:
     with pytest.raises(CometlyDownloadIntegrityError, match="not valid gzip"):
-        _feed_all(GzipVerifier(), b'{"id": 1}\n' * 10, [])
+        _feed_all(GzipVerifier(inflater=inflater), b'{"id": 1}\n' * 10, [])
 
 
-def test_trailing_garbage_fails() -> None:
+def test_trailing_garbage_fails(inflater: str) -> None:
     data = gzip.compress(_ndjson(5)) + b"garbage after the end"
     with pytest.raises(CometlyDownloadIntegrityError, match="after the end of the gzip stream"):
-        _feed_all(GzipVerifier(), data, [])
+        _feed_all(GzipVerifier(inflater=inflater), data, [])
 
 
-def test_concatenated_members_are_one_valid_stream() -> None:
+def test_concatenated_members_are_one_valid_stream(inflater: str) -> None:
     first, second = _ndjson(3), b'{"id": 99}\n'
     data = gzip.compress(first) + gzip.compress(second)
-    verifier = GzipVerifier()
+    verifier = GzipVerifier(inflater=inflater)
     assert _feed_all(verifier, data, [len(data) // 2]) == first + second
     assert verifier.records == 4
     assert verifier.members == 2
 
 
-def test_second_member_truncated_fails() -> None:
+def test_second_member_truncated_fails(inflater: str) -> None:
     second = gzip.compress(b"x\n" * 100)
     data = gzip.compress(b"a\n") + second[: len(second) // 2]
     with pytest.raises(CometlyDownloadIntegrityError, match="truncated"):
-        _feed_all(GzipVerifier(), data, [])
+        _feed_all(GzipVerifier(inflater=inflater), data, [])
 
 
-def test_gzip_bomb_output_is_bounded_per_piece() -> None:
+def test_gzip_bomb_output_is_bounded_per_piece(inflater: str) -> None:
     # 64 MiB of newlines compress to ~64 KiB: no piece may exceed max_piece.
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     block = b"\n" * (1 << 20)
     data = b"".join(compressor.compress(block) for _ in range(64)) + compressor.flush()
     assert len(data) < 1 << 20
-    verifier = GzipVerifier(max_piece=256 * 1024)
+    verifier = GzipVerifier(max_piece=256 * 1024, inflater=inflater)
     biggest = 0
     for piece in verifier.feed(data):
         biggest = max(biggest, len(piece))
@@ -403,8 +427,57 @@ def test_resume_is_logged_with_offset(caplog: pytest.LogCaptureFixture) -> None:
     assert any("resuming from byte 2500" in r.getMessage() for r in caplog.records)
 
 
-def test_empty_download_with_zero_length_lands_empty() -> None:
-    source, writer = FakeSource(b""), MemoryWriter()
-    result = _transfer(source, writer).run("u")
-    assert writer.committed == b""
+@pytest.mark.parametrize("report_total", [True, False], ids=["content_length_0", "no_length"])
+@pytest.mark.parametrize("decompress", [False, True])
+def test_empty_download_lands_a_valid_empty_export(report_total: bool, decompress: bool) -> None:
+    source, writer = FakeSource(b"", report_total=report_total), MemoryWriter()
+    result = _transfer(source, writer, decompress=decompress).run("u")
+    assert writer.committed is not None
+    if decompress:
+        assert writer.committed == b""
+    else:
+        assert writer.committed == EMPTY_GZIP
+        assert gzip.decompress(writer.committed) == b""
     assert result.records == 0
+    assert result.sha256 == hashlib.sha256(writer.committed).hexdigest()
+
+
+def test_verification_runs_on_its_own_thread_and_its_failure_aborts() -> None:
+    # The check sees a corrupt byte only after the writer took the chunk: nothing may be committed.
+    corrupt = bytearray(GZ)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    threads: set[str] = set()
+    verifier_feed = GzipVerifier.feed
+
+    def feed(self: GzipVerifier, data: Any) -> Iterator[bytes]:
+        threads.add(threading.current_thread().name)
+        yield from verifier_feed(self, data)
+
+    source, writer = FakeSource(bytes(corrupt)), MemoryWriter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GzipVerifier, "feed", feed)
+        with pytest.raises(CometlyDownloadIntegrityError, match="not valid gzip"):
+            _transfer(source, writer).run("u")
+    assert threads == {"cometly-verify"}
+    assert writer.committed is None
+    assert writer.aborted
+
+
+@pytest.mark.parametrize("inflater", INFLATERS)
+def test_transfer_with_each_inflater(inflater: str) -> None:
+    for decompress in (False, True):
+        writer = MemoryWriter()
+        result = _transfer(
+            FakeSource(GZ, ["cut:7777"]), writer, decompress=decompress, inflater=inflater
+        ).run("u")
+        assert writer.committed == (PLAIN if decompress else GZ)
+        assert result.records == 3000
+
+
+@pytest.mark.parametrize("with_numpy", [True, False])
+def test_count_newlines_with_and_without_numpy(monkeypatch: pytest.MonkeyPatch, with_numpy: bool) -> None:
+    if not with_numpy:
+        monkeypatch.setattr("cometly_provider.utils.transfer._numpy", None)
+    data = bytes(random.Random(7).choice(b"ab\n") for _ in range(100_000))
+    for piece in (data, data[:4095], data[:4096], b"", b"\n" * 5000):
+        assert count_newlines(piece) == piece.count(b"\n")
