@@ -10,7 +10,10 @@ component's log and of the latest task logs is attached to its report.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,18 +21,25 @@ import pytest
 from tests.deployment.harness import Deployment, running_deployment
 
 _ACTIVE: list[Deployment] = []
+_KEPT: list[Path] = []
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    # Under pytest's basetemp, so the logs of the last few sessions are kept after the run.
-    home = tmp_path_factory.mktemp("airflow-deployment")
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    # Not under pytest's basetemp, which keeps only the last three sessions of every pytest run on
+    # the machine: when a test failed, the whole AIRFLOW_HOME (logs, DB) stays for a post-mortem.
+    home = Path(tempfile.mkdtemp(prefix="cometly-deployment-"))
+    failed_before = request.session.testsfailed
     with running_deployment(home) as running:
         _ACTIVE.append(running)
         try:
             yield running
         finally:
             _ACTIVE.remove(running)
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        _KEPT.append(home)
 
 
 @pytest.fixture(autouse=True)
@@ -45,10 +55,18 @@ def _restore_simulator(request: pytest.FixtureRequest) -> Iterator[None]:
     sim.update_config(**{k: v for k, v in saved.items() if k not in ("host", "port", "work_dir")})
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for home in _KEPT:
+        terminalreporter.write_line(f"deployment AIRFLOW_HOME (DB and logs) kept for a post-mortem: {home}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "deployment" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.deployment)
+            # The first one also pays for starting the deployment (a minute or two on busy cores).
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(600))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -92,6 +93,7 @@ class Deployment:
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+                # No Fernet key: trigger kwargs stay readable in the DB (see ``triggers()``).
                 "AIRFLOW__CORE__FERNET_KEY": "",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__API__HOST": "127.0.0.1",
@@ -108,6 +110,10 @@ class Deployment:
                 "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(
                     self.logs_dir / "dag-processor-files"
                 ),
+                # Eight task processes parsing their DAG file at once on two busy cores can take
+                # longer than the 30 s default; the task is then rescheduled, not run.
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "150",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
                 # Short loops so the suite is quick: the defaults are tuned for big installations.
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
                 "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
@@ -204,13 +210,23 @@ class Deployment:
 
         Returns the main process's exit code (negative: the signal that ended it).
         """
+        members = self._signal(component, sig)
+        return self._reap(component, members, timeout)
+
+    def _signal(self, component: str, sig: int) -> list[int]:
         process = self._processes.get(component)
         if process is None:
-            return None
+            return []
         # The group's members found before signalling: workers can outlive the group leader.
         members = self.process_tree(component) if process.poll() is None else []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
+        return members
+
+    def _reap(self, component: str, members: list[int], timeout: float) -> int | None:
+        process = self._processes.get(component)
+        if process is None:
+            return None
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -234,11 +250,17 @@ class Deployment:
         return code
 
     def stop(self) -> None:
-        """Stop every component (scheduler first, so it schedules nothing more), by PID."""
+        """Stop every component by PID: SIGTERM to all at once, SIGKILL to what is left after 30 s."""
+        members: dict[str, list[int]] = {}
         for component in ("scheduler", "triggerer", "dag-processor", "api-server"):
             try:
-                self.stop_component(component)
+                members[component] = self._signal(component, signal.SIGTERM)
             except Exception as err:  # keep stopping the others
+                print(f"stopping {component} failed: {err}", file=sys.stderr)
+        for component, pids in members.items():
+            try:
+                self._reap(component, pids, timeout=30)
+            except Exception as err:
                 print(f"stopping {component} failed: {err}", file=sys.stderr)
         for handle in self._log_handles.values():
             handle.close()
@@ -282,6 +304,21 @@ class Deployment:
         folder = self.logs_dir / "tasks"
         files = [p for p in folder.rglob("*.log*") if p.is_file()] if folder.exists() else []
         return sorted(files, key=lambda p: p.stat().st_mtime)
+
+    def trigger_log_path(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        triggerer_job_id: int,
+        try_number: int = 1,
+        map_index: int = -1,
+    ) -> Path:
+        """Where a triggerer job writes the log of a task try's trigger (one file per triggerer job)."""
+        folder = self.logs_dir / "tasks" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder /= f"map_index={map_index}"
+        return folder / f"attempt={try_number}.log.trigger.{triggerer_job_id}.log"
 
     # --- CLI ----------------------------------------------------------------------------------------
 
@@ -399,6 +436,23 @@ class Deployment:
         run = self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
         return str(run["dag_run_id"])
 
+    def backfill(self, dag_id: str, from_date: str, to_date: str, timeout: float = 90) -> dict[str, Any]:
+        """Create a backfill (``POST /backfills``, what ``airflow backfill create`` does).
+
+        On SQLite, Airflow refuses it with a 503 while another component holds the DB lock
+        ("Backfill creation is not supported on SQLite under concurrent access"); the refusal
+        changes nothing, so it is retried until the lock is free.
+        """
+        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "max_active_runs": 1}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return dict(self.api("POST", "/backfills", json=body))
+            except DeploymentError as err:
+                if "-> 503:" not in str(err) or "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(1)
+
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return dict(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
 
@@ -449,24 +503,39 @@ class Deployment:
     def wait_for_deferral(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, timeout: float = 120
     ) -> dict[str, Any]:
-        """Wait until the task is deferred *and* a triggerer runs its trigger; returns the task instance.
+        """Wait until the task is deferred, a triggerer runs its trigger, and the scheduler is settled.
 
-        Its ``trigger`` (id, classpath, kwargs, created_date, triggerer_id) and ``triggerer_job``
-        (id, hostname, latest_heartbeat, ...) are filled in.
+        Settled: the scheduler has processed the executor's report of the deferring try. If the
+        trigger fires before that, Airflow 3.3 can take that stale report for a state mismatch and
+        fail the resumed try (apache/airflow#72716); tests that hold the trigger (e.g. with a
+        status fault) until this returns are immune to that race. Returns the task instance, with
+        its ``trigger`` (id, classpath, created_date, triggerer_id) and ``triggerer_job``.
         """
         deadline = time.monotonic() + timeout
         ti: dict[str, Any] = {}
         while time.monotonic() < deadline:
             ti = self.task_instance(dag_id, run_id, task_id, map_index)
             if ti.get("state") == "deferred" and (ti.get("trigger") or {}).get("triggerer_id"):
-                return ti
-            if ti.get("state") in ("success", "failed", "skipped", "upstream_failed"):
                 break
+            if ti.get("state") in ("success", "failed", "skipped", "upstream_failed"):
+                deadline = 0
             time.sleep(0.2)
-        raise DeploymentError(
-            f"{dag_id}/{run_id}/{task_id} not running in a triggerer (state {ti.get('state')}, "
-            f"trigger {ti.get('trigger')})"
-        )
+        else:
+            deadline = 0
+        if not deadline:
+            raise DeploymentError(
+                f"{dag_id}/{run_id}/{task_id} not running in a triggerer (state {ti.get('state')}, "
+                f"trigger {ti.get('trigger')})"
+            )
+        mark = f"ti_id={ti['id']}"
+        while time.monotonic() < deadline:
+            if any(
+                "TaskInstance Finished" in line and mark in line and "state=deferred" in line
+                for line in self.log_tail("scheduler", lines=3000).splitlines()
+            ):
+                return ti
+            time.sleep(0.5)
+        raise DeploymentError(f"the scheduler never processed the deferral of {dag_id}/{run_id}/{task_id}")
 
     def clear_run(self, dag_id: str, run_id: str, task_ids: Sequence[str] | None = None) -> None:
         """Clear the whole run (REST ``.../clear``), or only ``task_ids``, so the scheduler re-runs them."""
@@ -544,6 +613,39 @@ class Deployment:
         data = self.api("GET", "/variables", params={"limit": 1000})
         return {v["key"]: v["value"] for v in data["variables"]}
 
+    def triggers(self) -> dict[int, dict[str, Any]]:
+        """The trigger table (id -> classpath, kwargs, created_date, triggerer_id), kwargs decoded.
+
+        The REST API hides trigger kwargs; the deployment runs without a Fernet key, so the table
+        holds them as Airflow serialized them and the triggerer reads them back.
+        """
+        with contextlib.closing(self.db()) as db:
+            rows = db.execute(
+                "SELECT id, classpath, kwargs, created_date, triggerer_id FROM trigger"
+            ).fetchall()
+        return {
+            row[0]: {
+                "classpath": row[1],
+                "kwargs": _unwrap(json.loads(row[2])),
+                "created_date": row[3],
+                "triggerer_id": row[4],
+            }
+            for row in rows
+        }
+
+    def task_process(self, ti_id: str) -> int | None:
+        """PID of the process running a task instance's code (not its supervisor), if running.
+
+        The Task SDK titles it ``airflow worker -- <task instance id>``.
+        """
+        import psutil
+
+        for pid in self.process_tree("scheduler"):
+            with contextlib.suppress(psutil.Error):
+                if f"airflow worker -- {ti_id}" in " ".join(psutil.Process(pid).cmdline()):
+                    return pid
+        return None
+
     def db(self) -> sqlite3.Connection:
         """A read-only connection to the metadata DB (for what the REST API does not show)."""
         return sqlite3.connect(f"file:{self.home / 'airflow.db'}?mode=ro", uri=True, timeout=30)
@@ -572,6 +674,17 @@ def _after(timestamp: Any, since: float) -> bool:
     return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp() >= since - 1
 
 
+def _unwrap(value: Any) -> Any:
+    """Airflow's serialized form (``{"__type": ..., "__var": ...}``) back to plain JSON values."""
+    if isinstance(value, dict):
+        if "__var" in value:
+            return _unwrap(value["__var"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
 def _ignore_caches(_: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__"]
 
@@ -597,6 +710,7 @@ def moto_s3(bucket: str = BUCKET) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()

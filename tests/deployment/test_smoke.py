@@ -25,11 +25,13 @@ def test_trivial_dag_runs_in_a_task_process_of_the_scheduler(deployment: Deploym
 
 def test_deferrable_sensor_waits_in_the_triggerer_and_the_export_lands(deployment: Deployment) -> None:
     sim = deployment.simulator
-    # Long enough that the sensor's first poll (after the worker starts) finds it still processing.
-    sim.update_config(processing_seconds=15.0)
+    # Status polls fail (503, transient) until the wait is deferred and settled: the sensor defers
+    # however fast the export is, and the trigger cannot fire inside Airflow's deferral race.
+    sim.inject("export_status", "status", code=503, times=None)
     run_id = deployment.trigger("deployment_export", conf={"date": "2024-01-15", "key": "smoke"})
 
     deferred = deployment.wait_for_deferral("deployment_export", run_id, "wait_for_export")
+    sim.clear_faults("export_status")
     assert deferred["trigger"]["classpath"] == "cometly_provider.triggers.event_export.ExportTrigger"
     assert deferred["triggerer_job"]["job_type"] == "TriggererJob"
 
