@@ -63,6 +63,10 @@ class CometlyConnectionError(CometlyError):
     """The host could not be reached or the connection broke (after retries)."""
 
 
+class CometlyDeadlineExceededError(CometlyConnectionError):
+    """A call did not finish before the caller's deadline (e.g. a trigger's timeout)."""
+
+
 class CometlyExportFailedError(CometlyError):
     """The export finished with status ``failed``."""
 

@@ -18,7 +18,7 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-cometly",
         "name": "Cometly",
         "description": "`Cometly <https://www.cometly.com/>`__ marketing attribution: "
-        "conversion tracking and event exports.",
+        "conversion tracking, event and contacts exports.",
         "versions": [__version__],
         "integrations": [
             {
@@ -33,7 +33,9 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION,
                 "python-modules": [
                     "cometly_provider.operators.track_event",
+                    "cometly_provider.operators.export",
                     "cometly_provider.operators.event_export",
+                    "cometly_provider.operators.contact_export",
                     "cometly_provider.operators.download_export",
                 ],
             }

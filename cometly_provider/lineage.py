@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 SPACE_ID_LENGTH = 16
 
 
-def cometly_events_dataset(hook: CometlyHook) -> Any:
-    """The Space's Cometly events, which an export reads."""
+def cometly_events_dataset(hook: CometlyHook, kind: str = "events") -> Any:
+    """The Space's Cometly data of an export kind (``events``, ``contacts``), which an export reads."""
     from airflow.providers.common.compat.openlineage.facet import Dataset
 
     return Dataset(
         namespace=f"cometly://{urlsplit(hook.host).netloc}",
-        name=f"space-{hook.space[:SPACE_ID_LENGTH]}/events",
+        name=f"space-{hook.space[:SPACE_ID_LENGTH]}/{kind}",
     )
 
 
@@ -43,9 +43,9 @@ def location_dataset(uri: str) -> Any:
     return Dataset(namespace=f"{location.scheme}://{location.bucket}", name=location.key)
 
 
-def export_lineage(hook: CometlyHook, destination: str | None = None) -> Any:
-    """``OperatorLineage`` for an export task: Cometly events in, ``destination`` (if any) out."""
+def export_lineage(hook: CometlyHook, destination: str | None = None, *, kind: str = "events") -> Any:
+    """``OperatorLineage`` for an export task: the kind's Cometly data in, ``destination`` (if any) out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
     outputs = [location_dataset(destination)] if destination else []
-    return OperatorLineage(inputs=[cometly_events_dataset(hook)], outputs=outputs)
+    return OperatorLineage(inputs=[cometly_events_dataset(hook, kind)], outputs=outputs)

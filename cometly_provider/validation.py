@@ -1,10 +1,11 @@
 """The Cometly API's vocabulary, and client-side validation of every request body.
 
-This is the one home of the rules in the API reference (``create-event.md`` and
-``create-event-export.md``). Operators and the hook validate here before any request is sent, so a
-bad payload fails with a message naming the field, the value and what is allowed, and costs no
-rate-limit budget. The simulator deliberately keeps its own implementation of the same rules so
-that the two can be checked against each other (see ``tests/reliability``).
+This is the one home of the rules in the API reference (``create-event.md``,
+``create-event-export.md`` and README.md "Contacts exports"). Operators and the hook validate here
+before any request is sent, so a bad payload fails with a message naming the field, the value and
+what is allowed, and costs no rate-limit budget. The simulator deliberately keeps its own
+implementation of the same rules so that the two can be checked against each other (see
+``tests/reliability``).
 """
 
 from __future__ import annotations
@@ -524,4 +525,85 @@ def validate_export_params(params: Mapping[str, Any]) -> dict[str, Any]:
                     field="fields",
                 )
         body["fields"] = fields
+    return body
+
+
+# --- Contacts exports -----------------------------------------------------------------------------
+
+#: Parameters of ``POST /contacts/exports`` (README.md "Contacts exports").
+CONTACT_EXPORT_PARAMS: tuple[str, ...] = (
+    "start_date",
+    "end_date",
+    "include_comet_tokens",
+    "include_all_emails",
+)
+CONTACT_EXPORT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_CONTACT_TIME_HELP = "'YYYY-MM-DD HH:MM:SS' in the Space's timezone (a date means that day's start)"
+
+
+def contact_export_moment(name: str, value: Any) -> dt.datetime:
+    """A contacts-export bound as a naive datetime in the Space's timezone.
+
+    Accepts ``YYYY-MM-DD HH:MM:SS`` (or with ``T``), a ``YYYY-MM-DD`` date (its first second), a
+    naive ``datetime`` or a ``date``. An aware datetime is refused: which Space timezone it should be
+    converted to is known to the operator (``CreateContactExportOperator`` converts it), not here.
+    """
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            raise CometlyInputError(
+                f"{name}={_show(value)} is invalid: expected a naive datetime in the Space's timezone; "
+                "convert it first (CreateContactExportOperator does that from the connection's timezone)",
+                field=name,
+            )
+        return value.replace(microsecond=0)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            text += " 00:00:00"
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}", text):
+            try:
+                return dt.datetime.fromisoformat(text.replace("T", " "))
+            except ValueError:
+                pass
+    raise CometlyInputError(f"{name}={_show(value)} is invalid: expected {_CONTACT_TIME_HELP}", field=name)
+
+
+def _flag(name: str, value: Any) -> int:
+    """The API's 1/0 flags; True/False and "1"/"0" (a rendered template) are accepted."""
+    if isinstance(value, bool):
+        return int(value)
+    if value in (0, 1) or (isinstance(value, str) and value.strip() in ("0", "1")):
+        return int(value)
+    raise CometlyInputError(f"{name}={_show(value)} is invalid: expected True/False (or 1/0)", field=name)
+
+
+def validate_contact_export_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate Create Contacts Export parameters; return the JSON body (``None`` values dropped)."""
+    unknown = sorted(set(params) - set(CONTACT_EXPORT_PARAMS))
+    if unknown:
+        raise CometlyInputError(
+            f"unknown contacts export parameter(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(CONTACT_EXPORT_PARAMS)}",
+            field=unknown[0],
+        )
+    for name in ("start_date", "end_date"):
+        if params.get(name) is None:
+            raise CometlyInputError(f"{name} is required: {_CONTACT_TIME_HELP}", field=name)
+    start = contact_export_moment("start_date", params["start_date"])
+    end = contact_export_moment("end_date", params["end_date"])
+    if end <= start:
+        raise CometlyInputError(
+            f"end_date={end:{CONTACT_EXPORT_TIME_FORMAT}} is invalid: expected a moment after "
+            f"start_date={start:{CONTACT_EXPORT_TIME_FORMAT}}",
+            field="end_date",
+        )
+    body: dict[str, Any] = {
+        "start_date": start.strftime(CONTACT_EXPORT_TIME_FORMAT),
+        "end_date": end.strftime(CONTACT_EXPORT_TIME_FORMAT),
+    }
+    for name in ("include_comet_tokens", "include_all_emails"):
+        if params.get(name) is not None:
+            body[name] = _flag(name, params[name])
     return body

@@ -1,4 +1,7 @@
-"""End-to-end demo: both example DAGs on a real Airflow, against local Cometly and S3 servers.
+"""End-to-end demo: the example DAGs on a real Airflow, against local Cometly and S3 servers.
+
+The daily export lands the day's events and the day's new contacts side by side (two branches of
+one DAG); the tracking DAGs send conversions.
 
 Run it with ``bash scripts/demo.sh``. By default everything is local: the bundled Cometly simulator
 and a moto S3 server on loopback, a throw-away Airflow home with a SQLite metadata DB, and
@@ -171,6 +174,7 @@ def main() -> None:
             airflow(["dags", "test", dag_id, DAY], env, log)
 
         (landed,) = xcom(home, "cometly_daily_export", "download_export")
+        (contacts,) = xcom(home, "cometly_daily_export", "download_contacts")
         tracked = xcom(home, "cometly_track_conversions", "track_conversions") + xcom(
             home, "cometly_track_conversions_mapped", "track_chunk"
         )
@@ -178,10 +182,14 @@ def main() -> None:
         sent = sum(summary["sent"] for summary in tracked)
         print()
         print("Demo finished in %.0f s" % (time.monotonic() - started))
-        print(f"  export landed at   {landed['destination']}")
+        print(f"  the run of {DAY} exported the last complete day before it (events and contacts)")
+        print(f"  events landed at   {landed['destination']}")
         size = landed["bytes_written"]
         print(f"  size               {size:,} bytes (gzipped NDJSON, sha256 {landed['sha256'][:16]}…)")
         print(f"  records            {records:,} (verified by reading the object back)")
+        people = _count_records(contacts["destination"], s3_url)
+        print(f"  contacts landed at {contacts['destination']}")
+        print(f"  contacts           {people:,} (verified by reading the object back)")
         print(f"  events tracked     {sent} sent in {len(tracked)} task(s)")
         if simulator is not None:
             stored = simulator.events

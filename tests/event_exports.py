@@ -60,11 +60,11 @@ def assert_no_signature(sim: Any, text: str) -> None:
     assert not [s for s in issued if s in text]
 
 
-def assert_stored_url(result: Any, sim: Any, export_id: int) -> None:
+def assert_stored_url(result: Any, sim: Any, export_id: int, kind: str = "events") -> None:
     """The result's download_url as XCom keeps it: no signature, the export id to refresh from."""
     url = result["download_url"]
     assert url.startswith(sim.base_url + "/_s3/exports/")
-    assert url.endswith(f".ndjson.gz?<redacted>#cometly_export_id={export_id}")
+    assert url.endswith(f".ndjson.gz?<redacted>#cometly_export_id={export_id}&cometly_export_kind={kind}")
     assert_no_signature(sim, url)
 
 

@@ -84,7 +84,15 @@ def _arguments(cls: type) -> dict[str, Any]:
 
 def test_discovery_finds_the_package_classes() -> None:
     names = {cls.__name__ for cls in OPERATORS} | {cls.__name__ for cls in TRIGGERS}
-    assert {"TrackEventOperator", "DownloadEventExportOperator", "EventExportTrigger"} <= names
+    assert {
+        "TrackEventOperator",
+        "CreateExportOperator",
+        "CreateEventExportOperator",
+        "CreateContactExportOperator",
+        "ExportSensor",
+        "DownloadExportOperator",
+        "ExportTrigger",
+    } <= names
     assert any(cls.__module__.startswith("cometly_provider.sensors.") for cls in OPERATORS)
 
 

@@ -31,8 +31,8 @@ def test_excerpts_match_the_example_dags() -> None:
 
 def test_every_operator_and_the_connection_have_a_page() -> None:
     info = get_provider_info()
-    classes = {"CreateEventExportOperator", "DownloadEventExportOperator", "TrackEventOperator"}
-    classes.add("EventExportSensor")
+    classes = {"CreateEventExportOperator", "DownloadExportOperator", "TrackEventOperator"}
+    classes.add("ExportSensor")
     pages = {page: page.read_text() for page in (ROOT / "docs" / "operators").glob("*.md")}
     for name in classes:
         assert [p for p, text in pages.items() if text.startswith(f"# {name}")], name

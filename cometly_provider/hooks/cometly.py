@@ -7,11 +7,14 @@ tenacity, and the mapping of every failure to a typed :class:`~cometly_provider.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import datetime as dt
 import json
 import platform
 import random
 import time
+import zoneinfo
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +28,11 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from requests.adapters import HTTPAdapter
 
 from cometly_provider import __version__
+from cometly_provider.checks import check_export_id
 from cometly_provider.exceptions import (
     CometlyAuthError,
     CometlyConnectionError,
+    CometlyDeadlineExceededError,
     CometlyDownloadError,
     CometlyDownloadExpiredError,
     CometlyDownloadRangeIgnoredError,
@@ -38,6 +43,7 @@ from cometly_provider.exceptions import (
     CometlyServerError,
     CometlyValidationError,
 )
+from cometly_provider.export_kinds import EVENTS, ExportKind, export_kind
 from cometly_provider.hooks.connection_fields import (
     DEFAULT_HOST,
     UI_FIELD_BEHAVIOUR,
@@ -52,17 +58,15 @@ from cometly_provider.hooks.rate_limit import (
     space_key,
 )
 from cometly_provider.utils.redaction import mask_presigned_url, redact_url
-from cometly_provider.validation import validate_export_params, validate_track_event
+from cometly_provider.validation import validate_track_event
 
 if TYPE_CHECKING:
-    import aiohttp
     from airflow.providers.common.compat.sdk import Connection
 
 API_PREFIX = "/public-api/v1"
 # The UI's Test button waits for test_connection: one attempt, bounded, instead of the retry policy.
 TEST_CONNECTION_TIMEOUT = 4.0
 TRACK_PATH = "/events/track"
-EXPORTS_PATH = "/events/exports"
 
 # Status codes that no retry can fix.
 _FATAL = {400, 401, 403, 404, 422}
@@ -308,6 +312,22 @@ class CometlyHook(BaseHook):
     def space(self) -> str:
         return space_key(self.host, self.api_key)
 
+    @cached_property
+    def space_timezone(self) -> dt.tzinfo:
+        """The Space's timezone (connection extra ``timezone``, an IANA name; default UTC).
+
+        A Cometly day is a day in this timezone: exports of "yesterday" are cut by it.
+        """
+        name = self._extras.get("timezone") or "UTC"
+        try:
+            return zoneinfo.ZoneInfo(str(name).strip())
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise CometlyInputError(
+                f"Cometly connection {self.cometly_conn_id!r}: timezone={name!r} is invalid: expected "
+                "an IANA timezone name such as 'UTC' or 'America/Los_Angeles' (the Space's timezone)",
+                field="timezone",
+            ) from None
+
     def rate_limiter(self, endpoint: str) -> EndpointRateLimiter | None:
         return get_rate_limiter(self.space, endpoint, self.rate_limit_policy)
 
@@ -354,6 +374,7 @@ class CometlyHook(BaseHook):
                 "extra rate_limits / rate_limit_window_seconds / rate_limit_backend / redis_conn_id",
                 lambda: self.rate_limit_policy,
             ),
+            ("extra timezone", lambda: self.space_timezone),
         )
         for name, resolve in checks:
             try:
@@ -414,10 +435,15 @@ class CometlyHook(BaseHook):
         may_repeat: bool,
         limiter: EndpointRateLimiter | None = None,
         rate_limit_deadline: float | None = None,
+        policy: RetryPolicy | None = None,
     ) -> tenacity.Retrying:
         return tenacity.Retrying(
             **self._retry_kwargs(
-                where=where, may_repeat=may_repeat, limiter=limiter, rate_limit_deadline=rate_limit_deadline
+                where=where,
+                may_repeat=may_repeat,
+                limiter=limiter,
+                rate_limit_deadline=rate_limit_deadline,
+                policy=policy,
             )
         )
 
@@ -437,6 +463,7 @@ class CometlyHook(BaseHook):
         limiter: EndpointRateLimiter | None = None,
         rate_limit_deadline: float | None = None,
         deadline: float | None = None,
+        policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
         """tenacity arguments shared by the sync and async paths.
 
@@ -449,8 +476,9 @@ class CometlyHook(BaseHook):
         capped at ``retry_max_wait``, ``Retry-After`` included; with a ``limiter`` the wait is the
         limiter's estimate of the server's reset (tighter than the whole-second ``Retry-After``)
         plus jitter. No wait at all runs past ``deadline`` (monotonic), a caller's hard limit.
+        ``policy`` overrides the hook's own retry policy.
         """
-        policy = self.retry_policy
+        policy = policy or self.retry_policy
         if rate_limit_deadline is None:
             rate_limit_deadline = self._rate_limit_deadline(deadline)
         exponential = tenacity.wait_exponential_jitter(
@@ -529,19 +557,24 @@ class CometlyHook(BaseHook):
         *,
         body: Mapping[str, Any] | None = None,
         may_repeat: bool = True,
+        policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
         where = f"{method} {path}"
         limiter = self.rate_limiter(endpoint)
         url = self.api_base + path
         rate_limit_deadline = self._rate_limit_deadline()
         for attempt in self._retrying(
-            where=where, may_repeat=may_repeat, limiter=limiter, rate_limit_deadline=rate_limit_deadline
+            where=where,
+            may_repeat=may_repeat,
+            limiter=limiter,
+            rate_limit_deadline=rate_limit_deadline,
+            policy=policy,
         ):
             with attempt:
                 sent_at = None
                 if limiter is not None:
                     sent_at = limiter.acquire(
-                        deadline=rate_limit_deadline, max_hold=self.retry_policy.max_wait
+                        deadline=rate_limit_deadline, max_hold=(policy or self.retry_policy).max_wait
                     )
                 try:
                     response = self.session.request(method, url, json=body, timeout=self.timeout)
@@ -557,19 +590,32 @@ class CometlyHook(BaseHook):
         limiter: EndpointRateLimiter | None,
         sent_at: float | None = None,
     ) -> dict[str, Any]:
-        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        return self._read_response(
+            response.status_code, response.headers, response.content, where, limiter, sent_at
+        )
+
+    def _read_response(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        where: str,
+        limiter: EndpointRateLimiter | None,
+        sent_at: float | None = None,
+    ) -> dict[str, Any]:
+        """One API response, from the sync or the async path: feed the limiter, raise or parse."""
+        retry_after = _parse_retry_after(headers.get("Retry-After"))
         if limiter is not None:
-            _observe(limiter, response.status_code, response.headers, retry_after, sent_at)
-        if response.status_code >= 400:
-            raise error_for_status(response.status_code, where, _api_message(response.content), retry_after)
-        if not response.content:
+            _observe(limiter, status, headers, retry_after, sent_at)
+        if status >= 400:
+            raise error_for_status(status, where, _api_message(body), retry_after)
+        if not body:
             return {}
         try:
-            payload = response.json()
+            payload = json.loads(body)
         except ValueError as err:
             raise CometlyError(
-                f"Cometly {where} returned HTTP {response.status_code} with a body that is not JSON",
-                status_code=response.status_code,
+                f"Cometly {where} returned HTTP {status} with a body that is not JSON", status_code=status
             ) from err
         return payload if isinstance(payload, dict) else {"data": payload}
 
@@ -582,38 +628,77 @@ class CometlyHook(BaseHook):
             "track", "POST", TRACK_PATH, body=body, may_repeat=bool(body.get("idempotency_key"))
         )
 
-    def create_event_export(self, **params: Any) -> dict[str, Any]:
-        """POST /events/exports; returns ``{"export_id": int, "status": "queued"}``.
+    #: Lower bound on attempts of a patient creation (each 429 waits out its ``Retry-After``).
+    patient_create_attempts: int = 15
 
-        Retried on 5xx and timeouts too: at worst that starts a second, identical export, which
-        costs quota but cannot double-count anything.
-        """
-        body = validate_export_params(params)
-        return self._call("export_create", "POST", EXPORTS_PATH, body=body)
-
-    def get_event_export(self, export_id: int | str) -> dict[str, Any]:
-        """GET /events/exports/{id}; a completed export carries a fresh ``download_url``."""
-        result = self._call("export_status", "GET", f"{EXPORTS_PATH}/{_export_id(export_id)}")
-        if isinstance(result.get("download_url"), str):
-            mask_presigned_url(result["download_url"])
-        return result
-
-    async def aget_event_export(
-        self, export_id: int | str, *, deadline: float | None = None
+    def create_export(
+        self, kind: str | ExportKind, *, patient: bool = False, **params: Any
     ) -> dict[str, Any]:
-        """Async GET /events/exports/{id} for triggers: never blocks the event loop.
+        """POST /<kind>/exports; returns ``{"export_id": int, "status": "queued"}``.
 
-        ``deadline`` (epoch seconds, like a trigger's ``end_time``): no rate-limit wait, retry
-        back-off or request runs past it; when it comes first, the last error is raised.
+        The parameters are checked by the kind's validator first. Retried on 5xx and timeouts too:
+        at worst that starts a second, identical export, which costs quota but cannot double-count.
+        ``patient=True`` (the create operators) retries at least :attr:`patient_create_attempts`
+        times with waits of up to one rate-limit window: creation is limited to 5 per minute per
+        Space, so a backfill's creations wait out several full windows instead of failing on 429.
         """
+        kind = export_kind(kind)
+        body = kind.validate(params)
+        policy = None
+        if patient:
+            own = self.retry_policy
+            policy = RetryPolicy(
+                max_attempts=max(own.max_attempts, self.patient_create_attempts),
+                min_wait=own.min_wait,
+                max_wait=max(own.max_wait, self.rate_limit_policy.window_seconds),
+                rate_limit_timeout=own.rate_limit_timeout,
+            )
+        return self._call(kind.create_endpoint, "POST", kind.path, body=body, policy=policy)
+
+    def get_export(self, kind: str | ExportKind, export_id: int | str) -> dict[str, Any]:
+        """GET /<kind>/exports/{id}; a completed export carries a fresh ``download_url``."""
+        kind = export_kind(kind)
+        path = kind.status_path(check_export_id(export_id, source=kind.create_operator))
+        return _masked(self._call(kind.status_endpoint, "GET", path))
+
+    async def aget_export(
+        self, kind: str | ExportKind, export_id: int | str, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """:meth:`get_export` for triggers: never blocks the event loop.
+
+        ``deadline`` (wall-clock epoch seconds, like a trigger's ``end_time``) bounds the whole call:
+        no rate-limit wait, retry back-off or request runs past it (when it comes first, the last
+        error is raised), and a call still running at the deadline ends with
+        :class:`CometlyDeadlineExceededError`, so a caller's own deadline is never outlived by a poll.
+        """
+        kind = export_kind(kind)
+        path = kind.status_path(check_export_id(export_id, source=kind.create_operator))
+        call = self._acall(kind.status_endpoint, "GET", path, deadline=deadline)
+        if deadline is None:
+            return _masked(await call)
+        remaining = deadline - time.time()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return _masked(await call)
+        except TimeoutError:
+            raise CometlyDeadlineExceededError(
+                f"Cometly GET {path}: no answer before the caller's deadline "
+                f"({max(remaining, 0.0):.1f} s were left)"
+            ) from None
+        finally:
+            call.close()  # never awaited when the deadline had already passed
+
+    async def _acall(
+        self, endpoint: str, method: str, path: str, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """The async twin of :meth:`_call` (same retries, limiter and response handling)."""
         import aiohttp
         from airflow.providers.common.compat.connection import get_async_connection
 
         if "connection" not in self.__dict__:
             self.__dict__["connection"] = await get_async_connection(self.cometly_conn_id, hook=self)
-        path = f"{EXPORTS_PATH}/{_export_id(export_id)}"
-        where = f"GET {path}"
-        limiter = self.rate_limiter("export_status")
+        where = f"{method} {path}"
+        limiter = self.rate_limiter(endpoint)
         hard_deadline = None if deadline is None else time.monotonic() + (deadline - time.time())
         rate_limit_deadline = self._rate_limit_deadline(hard_deadline)
         connect, read = self.timeout
@@ -635,41 +720,35 @@ class CometlyHook(BaseHook):
                         )
                     total = None if hard_deadline is None else max(0.05, hard_deadline - time.monotonic())
                     client_timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
-                    result = await self._aget(
-                        session, self.api_base + path, where, limiter, sent_at, client_timeout
+                    try:
+                        async with session.request(
+                            method, self.api_base + path, timeout=client_timeout
+                        ) as response:
+                            body = await response.read()
+                    except (aiohttp.ClientError, TimeoutError) as err:
+                        refused = isinstance(err, aiohttp.ClientConnectorError)
+                        raise _RetryableConnectionError(
+                            f"Cometly {where}: {type(err).__name__}: {err}", maybe_processed=not refused
+                        ) from None
+                    return self._read_response(
+                        response.status, response.headers, body, where, limiter, sent_at
                     )
-        if isinstance(result.get("download_url"), str):
-            mask_presigned_url(result["download_url"])
-        return result
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
-    async def _aget(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        where: str,
-        limiter: EndpointRateLimiter | None,
-        sent_at: float | None,
-        timeout: aiohttp.ClientTimeout,
+    # 0.1.0 names, kept for DAGs and code that call them.
+    def create_event_export(self, **params: Any) -> dict[str, Any]:
+        """POST /events/exports: :meth:`create_export` of kind ``events``."""
+        return self.create_export(EVENTS, **params)
+
+    def get_event_export(self, export_id: int | str) -> dict[str, Any]:
+        """GET /events/exports/{id}: :meth:`get_export` of kind ``events``."""
+        return self.get_export(EVENTS, export_id)
+
+    async def aget_event_export(
+        self, export_id: int | str, *, deadline: float | None = None
     ) -> dict[str, Any]:
-        import aiohttp
-
-        try:
-            async with session.get(url, timeout=timeout) as response:
-                body = await response.read()
-                headers = response.headers
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as err:
-            refused = isinstance(err, aiohttp.ClientConnectorError)
-            raise _RetryableConnectionError(
-                f"Cometly {where}: {type(err).__name__}: {err}", maybe_processed=not refused
-            ) from None
-        retry_after = _parse_retry_after(headers.get("Retry-After"))
-        if limiter is not None:
-            _observe(limiter, status, headers, retry_after, sent_at)
-        if status >= 400:
-            raise error_for_status(status, where, _api_message(body), retry_after)
-        payload = json.loads(body) if body else {}
-        return payload if isinstance(payload, dict) else {"data": payload}
+        """Async GET /events/exports/{id}: :meth:`aget_export` of kind ``events``."""
+        return await self.aget_export(EVENTS, export_id, deadline=deadline)
 
     @contextmanager
     def open_download(self, url: str, *, offset: int = 0) -> Iterator[DownloadStream]:
@@ -697,7 +776,7 @@ class CometlyHook(BaseHook):
                     if status == 403:
                         raise CometlyDownloadExpiredError(
                             f"Cometly export download {safe_url} answered HTTP 403: the presigned URL has "
-                            "expired or is invalid; request a fresh one with get_event_export()",
+                            "expired or is invalid; request a fresh one with get_export()",
                             status_code=403,
                         )
                     if status >= 500 or status == 429:
@@ -726,14 +805,14 @@ class CometlyHook(BaseHook):
         ``TEST_CONNECTION_TIMEOUT`` rather than the full retry policy, and every failure says what
         to fix.
         """
-        where = f"GET {EXPORTS_PATH}/0"
+        where = f"GET {EVENTS.status_path(0)}"
         try:
             host = self.host
             connect, read = self.timeout
             probe_timeout = (min(connect, TEST_CONNECTION_TIMEOUT), min(read, TEST_CONNECTION_TIMEOUT))
             try:
                 response = self.session.request(
-                    "GET", f"{self.api_base}{EXPORTS_PATH}/0", timeout=probe_timeout
+                    "GET", f"{self.api_base}{EVENTS.status_path(0)}", timeout=probe_timeout
                 )
             except requests.RequestException as err:
                 reason = type(err).__name__
@@ -823,18 +902,11 @@ def _transport_error(where: str, err: requests.RequestException) -> _RetryableCo
     )
 
 
-def _export_id(export_id: int | str) -> int:
-    try:
-        value = int(str(export_id).strip())
-    except ValueError:
-        value = -1
-    if value < 0 or isinstance(export_id, bool):
-        raise CometlyInputError(
-            f"export_id={export_id!r} is invalid: expected the integer export_id returned by "
-            "Create Event Export",
-            field="export_id",
-        )
-    return value
+def _masked(export: dict[str, Any]) -> dict[str, Any]:
+    """An export status with its presigned URL registered with the secret masker."""
+    if isinstance(export.get("download_url"), str):
+        mask_presigned_url(export["download_url"])
+    return export
 
 
 def _normalize_host(host: str | None, port: int | None = None) -> str:

@@ -68,7 +68,8 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "Rate limits (JSON)",
         "object",
         "Per-endpoint overrides of the limits per window: keys track, export_create, export_status, "
-        'events; e.g. {"track": 500} to leave room for another client of the same Space.',
+        "contacts_export_create, contacts_export_status, list; "
+        'e.g. {"track": 500} to leave room for another client of the same Space.',
     ),
     ExtraField(
         "rate_limit_window_seconds",

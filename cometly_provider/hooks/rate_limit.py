@@ -49,6 +49,9 @@ DEFAULT_LIMITS: Mapping[str, int] = {
     "export_create": 5,
     "export_status": 30,
     "list": 7,
+    # Not stated consistently by the vendor: the event-export figures until learnt from the server.
+    "contacts_export_create": 5,
+    "contacts_export_status": 30,
 }
 DEFAULT_WINDOW_SECONDS = 60.0
 #: How long one request may wait for the rate limit (client-side holds and 429s together) before

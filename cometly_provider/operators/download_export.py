@@ -1,4 +1,4 @@
-"""DownloadEventExportOperator: stream a completed Cometly export into S3, GCS or a local file."""
+"""DownloadExportOperator: stream a completed Cometly export (any kind) into S3, GCS or a local file."""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import Asset, BaseOperator
 
-from cometly_provider.exceptions import CometlyExportFailedError, CometlyInputError, CometlyTaskKilled
+from cometly_provider.checks import check_bool, check_int, check_part_size
+from cometly_provider.exceptions import CometlyInputError, CometlyTaskKilled
+from cometly_provider.export_kinds import export_kind
+from cometly_provider.exports import ExportDownloadSource, ExportRef, PresignedUrlSource, as_mapping
 from cometly_provider.hooks.cometly import CometlyHook
-from cometly_provider.utils.redaction import (
-    export_id_of_redacted_url,
-    is_redacted_url,
-    mask_presigned_url,
-    redact_url,
-)
-from cometly_provider.utils.rendered import parse_rendered_literal
+from cometly_provider.utils.redaction import is_redacted_url, mask_presigned_url, redact_url
 from cometly_provider.utils.storage import (
     GZIP_CONTENT_TYPE,
     NDJSON_CONTENT_TYPE,
     Destination,
-    check_part_size,
     check_scheme_available,
     open_writer,
     parse_destination,
@@ -36,9 +32,14 @@ if TYPE_CHECKING:
 MAX_CONCURRENCY_LIMIT = 64
 
 
-class DownloadEventExportOperator(BaseOperator):
+class DownloadExportOperator(BaseOperator):
     """
-    Stream a completed Cometly event export into ``s3://``, ``gs://`` or ``file://``, in constant memory.
+    Stream a completed Cometly export into ``s3://``, ``gs://`` or ``file://``, in constant memory.
+
+    **It takes the export, not a URL.** Give it the sensor's result (``export=wait.output``), or
+    ``export_id`` and ``kind``; it asks the API for a freshly signed URL itself when it starts and
+    again after an expiry or a cut, so no signed URL ever travels through XCom. Users who already
+    hold a presigned URL can pass it as ``download_url`` (it cannot be renewed once it expires).
 
     The gzipped NDJSON flows from the presigned URL through a gzip integrity check (CRC and length,
     record count) and a sha256 into a multipart (S3) / resumable (GCS) upload or a temp file
@@ -49,16 +50,18 @@ class DownloadEventExportOperator(BaseOperator):
     the file size.
 
     Returns (XCom) ``destination``, ``bytes_written``, ``records``, ``sha256`` (of the bytes written),
-    ``compressed``, ``duration_s``, ``mb_per_s``, ``export_id``, ``bytes_downloaded`` and ``resumes``.
+    ``compressed``, ``duration_s``, ``mb_per_s``, ``export_id``, ``kind``, ``bytes_downloaded`` and
+    ``resumes``.
     Unless ``outlets`` is given, the destination is declared as an Asset outlet: the URI itself, or
     for a templated destination the static prefix before the first ``{{`` (the rendered URI and
     the stats go in the asset event's ``extra``).
 
-    :param download_url: the presigned URL, or the sensor's result (the dict, or its
-        ``download_url``: the sensor stores it without its signature, and a fresh signed URL is
-        then fetched from the export id it carries). Templated.
-    :param export_id: the export, to fetch a (fresh) URL from the API; with no ``download_url`` the
-        export must be ``completed``. Templated.
+    :param export: the export to download: the sensor's (or a waiting create operator's) result;
+        templated (normally ``wait_for_export.output``). The export must be ``completed``.
+    :param export_id: the export by id instead (with ``kind``); templated.
+    :param kind: ``"events"`` or ``"contacts"``; default: what ``export`` says, else events.
+    :param download_url: a presigned URL you already have; templated. As in 0.1.0, the sensor's
+        result (or its stored ``download_url``) given here is taken as ``export``.
     :param destination: ``s3://bucket/key``, ``gs://bucket/key`` or ``file:///path``. Templated.
     :param destination_conn_id: Airflow connection for the destination (default ``aws_default``
         for S3, ``google_cloud_default`` for GCS; unused for files).
@@ -75,8 +78,8 @@ class DownloadEventExportOperator(BaseOperator):
     :param hook_params: extra keyword arguments for :class:`CometlyHook`.
     """
 
-    template_fields: Sequence[str] = ("download_url", "export_id", "destination")
-    template_fields_renderers = {"download_url": "json"}
+    template_fields: Sequence[str] = ("export", "export_id", "download_url", "destination")
+    template_fields_renderers = {"export": "json", "download_url": "json"}
     ui_color = "#e8f7e4"
     #: Seconds between progress log lines.
     progress_interval_s: float = 10.0
@@ -86,8 +89,10 @@ class DownloadEventExportOperator(BaseOperator):
     def __init__(
         self,
         *,
-        download_url: str | Mapping[str, Any] | None = None,
+        export: Mapping[str, Any] | str | None = None,
         export_id: int | str | None = None,
+        kind: str | None = None,
+        download_url: str | Mapping[str, Any] | None = None,
         destination: str,
         destination_conn_id: str | None = None,
         cometly_conn_id: str = CometlyHook.default_conn_name,
@@ -105,8 +110,10 @@ class DownloadEventExportOperator(BaseOperator):
             if self.asset is not None:
                 kwargs["outlets"] = [self.asset]
         super().__init__(**kwargs)
-        self.download_url = download_url
+        self.export = export
         self.export_id = export_id
+        self.kind = export_kind(kind).name if kind is not None else None
+        self.download_url = download_url
         self.destination = destination
         self.destination_conn_id = destination_conn_id
         self.cometly_conn_id = cometly_conn_id
@@ -126,15 +133,21 @@ class DownloadEventExportOperator(BaseOperator):
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
         super().render_template_fields(context, jinja_env)
         # Registered before Airflow stores the rendered fields, so the signature is masked there too.
-        value = _as_mapping(self.download_url)
+        value = as_mapping(self.download_url)
         url = value.get("download_url") if isinstance(value, Mapping) else value
         if isinstance(url, str):
             mask_presigned_url(url)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        destination, url, export_id = self._validated()
+        destination, wanted = self._validated()
         part_size = check_part_size(self.part_size, destination.scheme)
         hook = CometlyHook(self.cometly_conn_id, **self.hook_params)
+        source = (
+            ExportDownloadSource(hook, wanted)
+            if isinstance(wanted, ExportRef)
+            else PresignedUrlSource(hook, wanted)
+        )
+        ref = wanted if isinstance(wanted, ExportRef) else None
         writer = open_writer(
             destination,
             conn_id=self.destination_conn_id,
@@ -146,33 +159,24 @@ class DownloadEventExportOperator(BaseOperator):
         )
         writer.begin()  # replace=False fails here, before any request to Cometly
 
-        def refresh() -> str:
-            assert export_id is not None
-            return _completed_url(hook, export_id)
-
         self._interruptible = True
         try:
-            if url is None:
-                assert export_id is not None
-                url = refresh()
             self.log.info(
-                "Downloading Cometly export %s from %s to %s (%s)",
-                export_id if export_id is not None else "(id unknown)",
-                redact_url(url),
+                "Downloading %s to %s (%s)",
+                source.description,
                 destination.uri,
                 "decompressed NDJSON" if self.decompress else "gzip as served",
             )
             transfer = ExportTransfer(
-                open_download=lambda u, offset: hook.open_download(u, offset=offset),
+                source=source,
                 writer=writer,
-                refresh_url=refresh if export_id is not None else None,
                 decompress=self.decompress,
                 max_resume_attempts=self.max_resume_attempts,
                 progress_interval=self.progress_interval_s,
                 resume_wait=self.resume_wait_s,
                 log=self.log,
             )
-            result = transfer.run(url)
+            result = transfer.run()
         except BaseException:
             self._interruptible = False
             writer.abort()  # also covers a failure before the transfer started
@@ -189,7 +193,8 @@ class DownloadEventExportOperator(BaseOperator):
             "compressed": not self.decompress,
             "duration_s": round(result.duration_s, 3),
             "mb_per_s": round(result.mb_per_s, 2),
-            "export_id": export_id,
+            "export_id": ref.export_id if ref else None,
+            "kind": ref.kind.name if ref else None,
             "bytes_downloaded": result.bytes_downloaded,
             "resumes": result.resumes,
         }
@@ -205,7 +210,10 @@ class DownloadEventExportOperator(BaseOperator):
         )
         if self.asset is not None:
             context["outlet_events"][self.asset].extra.update(
-                {k: summary[k] for k in ("destination", "bytes_written", "records", "sha256", "export_id")}
+                {
+                    k: summary[k]
+                    for k in ("destination", "bytes_written", "records", "sha256", "export_id", "kind")
+                }
             )
         return summary
 
@@ -226,62 +234,63 @@ class DownloadEventExportOperator(BaseOperator):
             )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage (when its provider is installed): Cometly events in, the destination out."""
+        """OpenLineage (when its provider is installed): the Cometly export in, the destination out."""
         from cometly_provider.lineage import export_lineage
 
         hook = CometlyHook(self.cometly_conn_id, **self.hook_params)
-        return export_lineage(hook, self.destination)
+        export = as_mapping(self.export)
+        kind = self.kind or (export.get("kind") if isinstance(export, Mapping) else None) or "events"
+        return export_lineage(hook, self.destination, kind=kind)
 
-    def _validated(self) -> tuple[Destination, str | None, int | None]:
-        """Check every input before any request; errors name the field and never echo a signature."""
+    def _validated(self) -> tuple[Destination, ExportRef | str]:
+        """Check every input before any request: the destination, and the export (or URL) to read.
+
+        Errors name the field and never echo a signature.
+        """
         _check_settings(
             self.part_size, self.max_concurrency, self.max_resume_attempts, self.decompress, self.replace
         )
         destination = parse_destination(self.destination)
-        export_id = _check_export_id(self.export_id)
-        raw = _as_mapping(self.download_url)
-        if isinstance(raw, Mapping):
-            if "download_url" not in raw:
+        export, url = self.export, as_mapping(self.download_url)
+        field = "export"
+        if _blank(export) and (
+            isinstance(url, Mapping) or (isinstance(url, str) and is_redacted_url(url.strip()))
+        ):
+            # 0.1.0 style: the sensor's result (or its stored URL) passed as download_url.
+            export, url, field = url, None, "download_url"
+        ref: ExportRef | None = None
+        if not _blank(self.export_id):
+            ref = ExportRef.of(self.kind or "events", self.export_id)
+            if not _blank(export) and ExportRef.parse(export, kind=self.kind, field=field) != ref:
                 raise CometlyInputError(
-                    "download_url is a dict without a 'download_url' key (keys: "
-                    f"{sorted(map(str, raw))}); pass the sensor's result or the URL itself",
-                    field="download_url",
+                    f"export_id={self.export_id!r} is invalid: {field} names another export "
+                    f"({ExportRef.parse(export, kind=self.kind, field=field).label}); pass one of them",
+                    field="export_id",
                 )
-            if export_id is None and raw.get("export_id") is not None:
-                export_id = _check_export_id(raw["export_id"], field="download_url['export_id']")
-            raw = raw["download_url"]
-        if isinstance(raw, str) and is_redacted_url(raw.strip()):
-            # The sensor's stored form: no signature, so a fresh URL comes from the export id.
-            if export_id is None:
-                carried = export_id_of_redacted_url(raw.strip())
-                if carried is None:
-                    raise CometlyInputError(
-                        f"download_url={raw.strip()!r} has its signature redacted and names no "
-                        "export: pass export_id (or the sensor's whole result) so a freshly signed "
-                        "URL can be fetched",
-                        field="download_url",
-                    )
-                export_id = _check_export_id(carried, field="download_url (export id)")
-            raw = None
-        url = None if raw is None or (raw == "" and export_id is not None) else _check_url(raw)
-        if url is None and export_id is None:
-            raise CometlyInputError(
-                "nothing to download: pass download_url (the presigned URL or the sensor's result) "
-                "and/or export_id",
-                field="download_url",
+        elif not _blank(export):
+            ref = ExportRef.parse(export, kind=self.kind, field=field)
+        if url is not None and not (url == "" and ref is not None):
+            checked = _check_url(url)
+            if ref is None:
+                return destination, checked
+            self.log.info(
+                "Both an export and a presigned URL were given: downloading %s with fresh URLs", ref.label
             )
-        return destination, url, export_id
+        if ref is None:
+            raise CometlyInputError(
+                "export=None is invalid: expected the export to download (the sensor's result, or "
+                "export_id and kind) or a presigned download_url",
+                field="export",
+            )
+        return destination, ref
 
 
-def _as_mapping(value: object) -> object:
-    """The sensor's dict, also when a template rendered it as text (no native rendering)."""
-    if not isinstance(value, str) or not value.strip().startswith("{") or not value.strip().endswith("}"):
-        return value
-    try:
-        parsed = parse_rendered_literal(value.strip())
-    except ValueError:
-        return value
-    return parsed if isinstance(parsed, Mapping) else value
+#: 0.1.0 name: the same operator.
+DownloadEventExportOperator = DownloadExportOperator
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
 
 
 def default_asset(destination: object) -> Asset | None:
@@ -308,45 +317,10 @@ def _check_settings(
     replace: object,
 ) -> None:
     check_part_size(part_size)
-    if (
-        isinstance(max_concurrency, bool)
-        or not isinstance(max_concurrency, int)
-        or not 1 <= max_concurrency <= MAX_CONCURRENCY_LIMIT
-    ):
-        raise CometlyInputError(
-            f"max_concurrency={max_concurrency!r} is invalid: expected an integer from 1 to "
-            f"{MAX_CONCURRENCY_LIMIT}",
-            field="max_concurrency",
-        )
-    if (
-        isinstance(max_resume_attempts, bool)
-        or not isinstance(max_resume_attempts, int)
-        or max_resume_attempts < 0
-    ):
-        raise CometlyInputError(
-            f"max_resume_attempts={max_resume_attempts!r} is invalid: expected an integer >= 0",
-            field="max_resume_attempts",
-        )
-    for name, value in (("decompress", decompress), ("replace", replace)):
-        if not isinstance(value, bool):
-            raise CometlyInputError(f"{name}={value!r} is invalid: expected True or False", field=name)
-
-
-def _check_export_id(value: object, *, field: str = "export_id") -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: expected the integer export_id from Create Event Export",
-            field=field,
-        )
-    text = str(value).strip()
-    if not text.isdigit() or not text.isascii():
-        raise CometlyInputError(
-            f"{field}={value!r} is invalid: expected the integer export_id from Create Event Export",
-            field=field,
-        )
-    return int(text)
+    check_int(max_concurrency, "max_concurrency", minimum=1, maximum=MAX_CONCURRENCY_LIMIT)
+    check_int(max_resume_attempts, "max_resume_attempts", minimum=0)
+    check_bool(decompress, "decompress")
+    check_bool(replace, "replace")
 
 
 def _check_url(value: object) -> str:
@@ -372,21 +346,3 @@ def _check_url(value: object) -> str:
         )
     mask_presigned_url(url)
     return url
-
-
-def _completed_url(hook: CometlyHook, export_id: int) -> str:
-    """A fresh download URL for a completed export (each status poll signs a new one)."""
-    status = hook.get_event_export(export_id)
-    state = status.get("status")
-    if state == "failed":
-        raise CometlyExportFailedError(
-            f"Cometly export {export_id} failed: {status.get('message') or '(no message)'}"
-        )
-    url = status.get("download_url")
-    if state != "completed" or not isinstance(url, str) or not url:
-        raise CometlyInputError(
-            f"Cometly export {export_id} is {state!r}, not 'completed': wait for it with "
-            "EventExportSensor before downloading",
-            field="export_id",
-        )
-    return _check_url(url)

@@ -52,6 +52,8 @@ from cometly_provider.testing._rules import AD_HIERARCHY_FIELDS, MULTI_TOUCH_MOD
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from cometly_provider.testing._contacts import ContactsSpec
+
 _BATCH_EVENTS = 4096
 _CHUNK_BYTES = 1 << 20
 _DICT_BYTES = 32 * 1024
@@ -135,6 +137,9 @@ class ExportSpec:
     def cache_key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
+
+    def generator(self) -> _Generator:
+        return _Generator(self)
 
     def events_key(self) -> str:
         """Seed of the day's events: the attribution view (sources, model, fields) does not change them."""
@@ -426,10 +431,13 @@ def _compress_chunk(level: int, strategy: int, data: bytes, zdict: bytes) -> byt
 
 
 def write_export(
-    spec: ExportSpec, path: str, cancel: threading.Event | None = None, workers: int | None = None
+    spec: ExportSpec | ContactsSpec,
+    path: str,
+    cancel: threading.Event | None = None,
+    workers: int | None = None,
 ) -> ExportFile:
     """Generate the export described by ``spec`` into ``path`` (atomically, via ``path + '.part'``)."""
-    gen = _Generator(spec)
+    gen = spec.generator()
     # LZ77 matching over random padding is wasted CPU: padded (benchmark) exports use run-length
     # matching only, which doubles the gzip output rate. Unpadded exports compress normally.
     strategy = zlib.Z_RLE if gen.pad_pool else zlib.Z_DEFAULT_STRATEGY

@@ -8,14 +8,29 @@ from typing import Any, cast
 
 API_PREFIX = "/public-api/v1"
 #: Endpoint names used by rate limits, fault injection and request records.
-ENDPOINTS: tuple[str, ...] = ("track", "export_create", "export_status", "download")
+ENDPOINTS: tuple[str, ...] = (
+    "track",
+    "export_create",
+    "export_status",
+    "contacts_export_create",
+    "contacts_export_status",
+    "download",
+)
 #: Fault kinds accepted by ``inject``.
 FAULT_KINDS: tuple[str, ...] = ("status", "reset", "delay", "cut", "expire")
 #: Faults that only make sense on the presigned download.
 DOWNLOAD_ONLY_FAULTS: frozenset[str] = frozenset({"cut", "expire"})
 EXPORT_OUTCOMES: tuple[str, ...] = ("completed", "failed", "stuck")
 #: Requests per window (a minute by default) per API key, per endpoint (README.md "Rate limits").
-DEFAULT_RATE_LIMITS: dict[str, int] = {"track": 1000, "export_create": 5, "export_status": 30, "list": 7}
+DEFAULT_RATE_LIMITS: dict[str, int] = {
+    "track": 1000,
+    "export_create": 5,
+    "export_status": 30,
+    # Not stated consistently by the vendor; every response says the real one in X-RateLimit-Limit.
+    "contacts_export_create": 5,
+    "contacts_export_status": 30,
+    "list": 7,
+}
 
 
 @dataclass
@@ -41,6 +56,8 @@ class SimulatorConfig:
     export_rows: int = 1000
     #: Per-date override of ``export_rows`` ("YYYY-MM-DD" -> events).
     export_rows_by_date: dict[str, int] = field(default_factory=dict)
+    #: Contacts per contacts export.
+    contact_export_rows: int = 500
     #: Deterministic high-entropy padding (bytes) added to ``event_url`` when that field is requested.
     row_padding_bytes: int = 0
     gzip_level: int = 6
@@ -98,7 +115,7 @@ def _check(c: dict[str, Any]) -> None:
     for name in ("window_seconds", "queued_seconds", "processing_seconds"):
         number(name, 0)
     number("url_ttl_seconds", 0)
-    for name in ("export_rows", "row_padding_bytes", "gzip_workers", "port"):
+    for name in ("export_rows", "contact_export_rows", "row_padding_bytes", "gzip_workers", "port"):
         number(name, 0, integer=True)
     number("export_id_start", 1, integer=True)
     number("seed", -(2**63), integer=True)
@@ -166,6 +183,7 @@ class ExportRecord:
     lines: int | None = None  # lines in the file once generated (> rows with multi-touch models)
     size: int | None = None  # bytes of gzip once generated
     etag: str | None = None
+    kind: str = "events"  # or "contacts"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

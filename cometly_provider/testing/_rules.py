@@ -426,3 +426,41 @@ def validate_export(payload: dict[str, Any]) -> ValidationErrors:
             if name in AD_HIERARCHY_FIELDS:
                 errors.add("fields", f"The {name} field requires sources to be provided.")
     return errors
+
+
+# --- Contacts exports (README.md "Contacts exports") -----------------------------------------------
+
+CONTACT_EXPORT_PARAMS: tuple[str, ...] = (
+    "start_date",
+    "end_date",
+    "include_comet_tokens",
+    "include_all_emails",
+)
+_MOMENT_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+
+
+def validate_contact_export(payload: dict[str, Any]) -> ValidationErrors:
+    """Check one /contacts/exports body: two moments ``Y-m-d H:i:s``, end after start, 1/0 flags."""
+    errors = ValidationErrors()
+    moments: dict[str, dt.datetime] = {}
+    for key in ("start_date", "end_date"):
+        value = payload.get(key)
+        if not _present(payload, key):
+            errors.add(key, f"The {key} field is required.")
+        elif not isinstance(value, str) or not _MOMENT_RE.fullmatch(value):
+            errors.add(key, f"The {key} field must match the format Y-m-d H:i:s.")
+        else:
+            try:
+                moments[key] = dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+            except ValueError:
+                errors.add(key, f"The {key} field must be a valid date.")
+    if len(moments) == 2 and moments["end_date"] <= moments["start_date"]:
+        errors.add("end_date", "The end_date field must be a date after start_date.")
+    for key in ("include_comet_tokens", "include_all_emails"):
+        value = payload.get(key)
+        if value is not None and (isinstance(value, bool) or value not in (0, 1)):
+            errors.add(key, f"The {key} field must be 1 or 0.")
+    for key in payload:
+        if key not in CONTACT_EXPORT_PARAMS:
+            errors.add(key, f"The {key} field is prohibited.")
+    return errors

@@ -5,8 +5,9 @@ subprocess (:func:`~cometly_provider.testing.spawn_simulator`), or from the shel
 
     python -m cometly_provider.testing.simulator --port 8099 --api-key KEY
 
-It serves, under ``/public-api/v1``, ``POST /events/track``, ``POST /events/exports`` and
-``GET /events/exports/{id}``, plus presigned "S3" downloads under ``/_s3/exports/``. Rules follow
+It serves, under ``/public-api/v1``, ``POST /events/track``, ``POST /events/exports``,
+``GET /events/exports/{id}``, ``POST /contacts/exports`` and ``GET /contacts/exports/{id}``, plus
+presigned "S3" downloads under ``/_s3/exports/``. Rules follow
 ``shared/cometly-api`` (README.md, create-event.md, create-event-export.md). Standard library only.
 
 Choices where the reference is silent (the real service is a Laravel app behind S3):
@@ -36,6 +37,10 @@ Choices where the reference is silent (the real service is a Laravel app behind 
   example requests them), ``touchpoint_id`` / ``source`` are not (not user-requestable);
   ``attribution_window`` must be a JSON integer; ``attribution_model`` / ``attribution_window`` sent
   without ``sources`` are checked but otherwise ignored. Content rules are in ``_exports``.
+* Contacts exports share the event exports' life cycle, ids, outcomes (``next_exports_outcome``),
+  timings, presigned downloads and download faults; their endpoints are ``contacts_export_create``
+  / ``contacts_export_status`` for rate limits and fault injection. An id of the other kind is a
+  404. Rows (``contact_export_rows`` per export) are in ``_contacts``.
 * An export completes only when its file is fully written *and* ``queued_seconds +
   processing_seconds`` have elapsed; ``completed_at`` is the later of the two. Timings, row count
   and outcome are fixed when the export is created. Identical exports share one cached file.
@@ -85,6 +90,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from cometly_provider.testing._contacts import ContactsSpec
 from cometly_provider.testing._exports import ExportCancelled, ExportFile, ExportSpec, write_export
 from cometly_provider.testing._models import (
     API_PREFIX,
@@ -99,7 +105,12 @@ from cometly_provider.testing._models import (
     SimulatorConfig,
     check_fault,
 )
-from cometly_provider.testing._rules import ALWAYS_INCLUDED_FIELDS, validate_export, validate_track
+from cometly_provider.testing._rules import (
+    ALWAYS_INCLUDED_FIELDS,
+    validate_contact_export,
+    validate_export,
+    validate_track,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,7 +130,12 @@ __all__ = [
 ]
 
 _MAX_BODY = 16 * 1024 * 1024
-_EXPORT_STATUS_RE = re.compile(r"/events/exports/([^/]+)")
+_EXPORT_STATUS_RE = re.compile(r"/(events|contacts)/exports/([^/]+)")
+#: Export kind -> (create endpoint, status endpoint): the names used by rate limits and faults.
+_EXPORT_ENDPOINTS: dict[str, tuple[str, str]] = {
+    "events": ("export_create", "export_status"),
+    "contacts": ("contacts_export_create", "contacts_export_status"),
+}
 _DOWNLOAD_RE = re.compile(r"/_s3/exports/([0-9a-f-]{36})\.ndjson\.gz")
 _QUEUED_MESSAGE = "Export is queued for processing."
 _PROCESSING_MESSAGE = "Export is being processed. Please check back in a few minutes."
@@ -151,7 +167,7 @@ def _s3_error(code: str, message: str) -> bytes:
 class _Job:
     """Generation of one export file, shared by every export with the same spec."""
 
-    spec: ExportSpec
+    spec: ExportSpec | ContactsSpec
     path: str
     done: threading.Event = field(default_factory=threading.Event)
     file: ExportFile | None = None
@@ -163,7 +179,7 @@ class _Job:
 class _Export:
     export_id: int
     params: dict[str, Any]
-    spec: ExportSpec
+    spec: ExportSpec | ContactsSpec
     created_wall: float
     created_mono: float
     queued_seconds: float
@@ -172,6 +188,7 @@ class _Export:
     failure_message: str
     object_key: str
     job: _Job | None = None
+    kind: str = "events"
 
 
 @dataclass
@@ -511,7 +528,23 @@ class CometlySimulator:
             padding=config.row_padding_bytes,
             gzip_level=config.gzip_level,
         )
-        params = {"query_mode": "profile", **payload}
+        return self._new_export({"query_mode": "profile", **payload}, spec, "events")
+
+    def _create_contacts_export(self, payload: dict[str, Any]) -> int:
+        spec = ContactsSpec(
+            start=payload["start_date"],
+            end=payload["end_date"],
+            include_comet_tokens=bool(payload.get("include_comet_tokens")),
+            include_all_emails=bool(payload.get("include_all_emails")),
+            rows=self.config.contact_export_rows,
+            seed=self.config.seed,
+            gzip_level=self.config.gzip_level,
+        )
+        return self._new_export(dict(payload), spec, "contacts")
+
+    def _new_export(self, params: dict[str, Any], spec: ExportSpec | ContactsSpec, kind: str) -> int:
+        """One export of either kind: same ids, outcomes, timing, faults and presigned downloads."""
+        config = self.config
         with self._lock:
             outcome, message = self._outcomes.popleft() if self._outcomes else (config.export_outcome, None)
             export_id = self._next_export_id
@@ -527,6 +560,7 @@ class CometlySimulator:
                 outcome=outcome,
                 failure_message=message or config.export_failure_message,
                 object_key=str(uuid.uuid4()),
+                kind=kind,
             )
             if outcome == "completed":
                 export.job = self._job_for(spec)
@@ -534,7 +568,7 @@ class CometlySimulator:
             self._objects[export.object_key] = export
         return export_id
 
-    def _job_for(self, spec: ExportSpec) -> _Job:
+    def _job_for(self, spec: ExportSpec | ContactsSpec) -> _Job:
         key = spec.cache_key()
         job = self._jobs.get(key)
         if job is not None and job.error is None:
@@ -593,6 +627,7 @@ class CometlySimulator:
             lines=file.lines if file else None,
             size=file.size if file else None,
             etag=file.etag if file else None,
+            kind=export.kind,
         )
 
     def _status_body(self, export: _Export) -> dict[str, Any]:
@@ -950,10 +985,13 @@ class _Handler(BaseHTTPRequestHandler):
         """(endpoint name, allowed methods) for an API route; name None if method not allowed."""
         if route == "/events/track":
             return ("track" if self.command == "POST" else None), {"POST"}
-        if route == "/events/exports":
-            return ("export_create" if self.command == "POST" else None), {"POST"}
-        if _EXPORT_STATUS_RE.fullmatch(route):
-            return ("export_status" if self.command in ("GET", "HEAD") else None), {"GET", "HEAD"}
+        for kind, (create, _status) in _EXPORT_ENDPOINTS.items():
+            if route == f"/{kind}/exports":
+                return (create if self.command == "POST" else None), {"POST"}
+        match = _EXPORT_STATUS_RE.fullmatch(route)
+        if match:
+            status = _EXPORT_ENDPOINTS[match.group(1)][1]
+            return (status if self.command in ("GET", "HEAD") else None), {"GET", "HEAD"}
         return None, set()
 
     def _handle_api(self, path: str, query: str, body: bytes, started: float) -> None:
@@ -1009,13 +1047,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._finish(403, {"message": message}, headers)
             return
 
-        if endpoint == "export_status":
+        if endpoint in ("export_status", "contacts_export_status"):
             match = _EXPORT_STATUS_RE.fullmatch(route)
             assert match is not None
-            raw_id = match.group(1)
+            kind, raw_id = match.group(1), match.group(2)
             with sim._lock:
                 export = sim._exports.get(int(raw_id)) if raw_id.isascii() and raw_id.isdigit() else None
-            if export is None:
+            if export is None or export.kind != kind:
                 status, payload = 404, {"message": "Export not found."}
             else:
                 status, payload = 200, sim._status_body(export)
@@ -1061,11 +1099,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._finish(202, payload, headers)
             return
 
-        errors = validate_export(data)
+        contacts = endpoint == "contacts_export_create"
+        errors = validate_contact_export(data) if contacts else validate_export(data)
         if errors:
             self._finish(422, errors.body(), headers)
             return
-        export_id = sim._create_export(data)
+        export_id = sim._create_contacts_export(data) if contacts else sim._create_export(data)
         self._finish(202, {"export_id": export_id, "status": "queued"}, headers)
 
     def _finish(self, status: int, payload: Any, headers: dict[str, str]) -> None:

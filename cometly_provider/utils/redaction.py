@@ -8,6 +8,7 @@ from airflow.providers.common.compat.sdk import mask_secret
 
 REDACTED_QUERY = "<redacted>"
 _EXPORT_ID_FRAGMENT = "cometly_export_id="
+_EXPORT_KIND_FRAGMENT = "cometly_export_kind="
 
 
 def redact_url(url: str) -> str:
@@ -21,14 +22,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(query=REDACTED_QUERY, fragment=""))
 
 
-def storable_download_url(url: str, export_id: object) -> str:
+def storable_download_url(url: str, export_id: object, kind: str = "events") -> str:
     """What XCom keeps of a presigned URL: no signature, but the export to fetch a fresh URL from.
 
     XCom values are stored in the metadata DB and shown unmasked in the UI and REST API, so the
-    signed URL never goes there. The fragment lets the download operator work from this string
-    alone (``xcom_pull(...)['download_url']``): it asks the API for a freshly signed URL.
+    signed URL never goes there. The fragment names the export (kind and id) so that this string
+    alone (``xcom_pull(...)['download_url']``) still lets the download ask for a freshly signed URL.
     """
-    return f"{redact_url(url)}#{_EXPORT_ID_FRAGMENT}{export_id}"
+    return f"{redact_url(url)}#{_EXPORT_ID_FRAGMENT}{export_id}&{_EXPORT_KIND_FRAGMENT}{kind}"
 
 
 def is_redacted_url(url: str) -> bool:
@@ -39,13 +40,17 @@ def is_redacted_url(url: str) -> bool:
         return False
 
 
-def export_id_of_redacted_url(url: str) -> str | None:
-    """The export id a :func:`storable_download_url` carries, as text (validated by the caller)."""
+def export_of_redacted_url(url: str) -> tuple[str | None, str]:
+    """(export id as text or None, kind name) that a :func:`storable_download_url` carries.
+
+    URLs stored by 0.1.0 carry only the id; they were all event exports.
+    """
     try:
         fragment = urlsplit(url).fragment
     except ValueError:
-        return None
-    return fragment.removeprefix(_EXPORT_ID_FRAGMENT) if fragment.startswith(_EXPORT_ID_FRAGMENT) else None
+        return None, "events"
+    values = dict(pair.partition("=")[::2] for pair in fragment.split("&") if "=" in pair)
+    return values.get(_EXPORT_ID_FRAGMENT[:-1]), values.get(_EXPORT_KIND_FRAGMENT[:-1], "events")
 
 
 def mask_presigned_url(url: str) -> None:

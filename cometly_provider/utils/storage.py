@@ -25,22 +25,24 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowOptionalProviderFeatureException
 
+# Re-exported: part sizes are checked in cometly_provider.checks, the one home of settings checks.
+from cometly_provider.checks import GCS_CHUNK_MULTIPLE as GCS_CHUNK_MULTIPLE
+from cometly_provider.checks import MIN_PART_SIZE as MIN_PART_SIZE
+from cometly_provider.checks import S3_MIN_PART_SIZE as S3_MIN_PART_SIZE
+from cometly_provider.checks import MiB as MiB
+from cometly_provider.checks import check_part_size as check_part_size
 from cometly_provider.exceptions import CometlyInputError
 from cometly_provider.utils.locations import ObjectLocation, parse_location
 
 if TYPE_CHECKING:
     from cometly_provider.utils.transfer import Log
 
-MiB = 1024 * 1024
-#: S3 refuses parts smaller than 5 MiB (except the last) or larger than 5 GiB, and more than 10,000 parts.
-S3_MIN_PART_SIZE = 5 * MiB
+#: S3 refuses parts larger than 5 GiB and more than 10,000 parts (the minimum sizes are checked in
+#: :mod:`cometly_provider.checks`).
 S3_MAX_PART_SIZE = 5 * 1024 * MiB
 S3_MAX_PARTS = 10_000
 #: Without a (trustworthy) size, the part size doubles after each tenth of S3_MAX_PARTS parts.
 S3_PART_GROWTH_STEPS = 10
-#: GCS resumable chunks must be multiples of 256 KiB (except the last).
-GCS_CHUNK_MULTIPLE = 256 * 1024
-MIN_PART_SIZE = GCS_CHUNK_MULTIPLE
 GZIP_CONTENT_TYPE = "application/gzip"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 
@@ -101,25 +103,6 @@ def static_scheme(value: object) -> str | None:
 def parse_destination(value: object, *, field: str = "destination") -> Destination:
     """Validate and split a destination URI (``s3://bucket/key``, ``gs://bucket/key``, ``file:///path``)."""
     return parse_location(value, field=field)
-
-
-def check_part_size(part_size: object, scheme: str | None = None, *, field: str = "part_size") -> int:
-    """``part_size`` as an int, checked against the limits of the destination's scheme."""
-    if isinstance(part_size, bool) or not isinstance(part_size, int):
-        raise CometlyInputError(f"{field}={part_size!r} is invalid: expected an integer", field=field)
-    if part_size < MIN_PART_SIZE or part_size % GCS_CHUNK_MULTIPLE:
-        raise CometlyInputError(
-            f"{field}={part_size!r} is invalid: expected a multiple of 256 KiB ({GCS_CHUNK_MULTIPLE} "
-            "bytes), at least 256 KiB",
-            field=field,
-        )
-    if scheme == "s3" and part_size < S3_MIN_PART_SIZE:
-        raise CometlyInputError(
-            f"{field}={part_size!r} is invalid for an s3:// destination: S3 multipart parts must be at "
-            f"least 5 MiB ({S3_MIN_PART_SIZE} bytes)",
-            field=field,
-        )
-    return part_size
 
 
 class ObjectWriter(ABC):

@@ -304,7 +304,18 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
-OpenDownload = Callable[[str, int], AbstractContextManager[SourceStream]]
+class DownloadSource(Protocol):
+    """Where the bytes come from: an export asked for fresh presigned URLs, or one fixed URL.
+
+    See :class:`cometly_provider.exports.ExportDownloadSource` and ``PresignedUrlSource``.
+    """
+
+    #: Whether :meth:`fresh_url` can give a new URL after one expired.
+    can_refresh: bool
+
+    def fresh_url(self) -> str: ...
+
+    def open(self, url: str, offset: int) -> AbstractContextManager[SourceStream]: ...
 
 
 @dataclass(frozen=True)
@@ -330,9 +341,9 @@ class _SourceChanged(Exception):
 class ExportTransfer:
     """Copy one export from its presigned URL into ``writer``, verifying and hashing on the way.
 
-    :param open_download: ``hook.open_download`` (called as ``open_download(url, offset)``).
+    :param source: the export (asked for a URL at the start and a fresh one after an expiry or a cut)
+        or a fixed presigned URL.
     :param writer: the destination; committed only after the gzip stream checked out complete.
-    :param refresh_url: returns a fresh presigned URL (from the export id), or None if unknown.
     :param decompress: write the decompressed NDJSON instead of the gzip bytes as served.
     :param max_resume_attempts: resumptions allowed after cuts, expiries and restarts, in total.
     :param progress_interval: seconds between progress log lines.
@@ -347,9 +358,8 @@ class ExportTransfer:
     def __init__(
         self,
         *,
-        open_download: OpenDownload,
+        source: DownloadSource,
         writer: Writer,
-        refresh_url: Callable[[], str] | None = None,
         decompress: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_piece: int = DEFAULT_MAX_PIECE,
@@ -360,9 +370,8 @@ class ExportTransfer:
         inflater: str | None = None,
         verify_queue: int = DEFAULT_VERIFY_QUEUE,
     ) -> None:
-        self._open_download = open_download
+        self._source = source
         self._writer = writer
-        self._refresh_url = refresh_url
         self.decompress = decompress
         self.chunk_size = chunk_size
         self.max_piece = max_piece
@@ -398,7 +407,7 @@ class ExportTransfer:
         self._hash.update(piece)
         self._writer.write(piece)
 
-    def run(self, url: str) -> TransferResult:
+    def run(self) -> TransferResult:
         started = time.monotonic()
         self._next_progress = started + self.progress_interval
         self._started = started
@@ -406,11 +415,12 @@ class ExportTransfer:
         total: int | None = None
         etag: str | None = None
         try:
+            url = self._source.fresh_url()
             self._start_verification()
             while True:
                 phase = "open"
                 try:
-                    with self._open_download(url, self._offset) as stream:
+                    with self._source.open(url, self._offset) as stream:
                         phase = "stream"
                         if self._offset == 0:
                             total, etag = stream.total_size, stream.etag
@@ -435,14 +445,14 @@ class ExportTransfer:
                 except CometlyDownloadIntegrityError:
                     raise
                 except CometlyDownloadExpiredError as err:
-                    if self._refresh_url is None:  # no wait: the same URL cannot come back to life
+                    if not self._source.can_refresh:  # no wait: the same URL cannot come back to life
                         raise CometlyDownloadExpiredError(
-                            f"{err} No export_id was given, so no fresh URL can be requested: pass "
-                            "export_id to let the download renew its URL.",
+                            f"{err} Only a presigned URL was given, so no fresh one can be requested: "
+                            "pass the export (the sensor's result, or export_id and kind) instead.",
                             status_code=err.status_code,
                         ) from None
                     attempts = self._count_attempt(attempts, err, "the presigned URL expired")
-                    url = self._refresh_url()
+                    url = self._source.fresh_url()
                 except (CometlyDownloadRangeIgnoredError, _SourceChanged) as err:
                     why = (
                         "the file changed since the download started"
@@ -459,8 +469,8 @@ class ExportTransfer:
                     if phase != "stream":
                         raise  # refused before any byte came (404, 416...): resuming cannot help
                     attempts = self._count_attempt(attempts, err, "the download was cut")
-                    if self._refresh_url is not None:
-                        url = self._refresh_url()  # the old URL may be about to expire
+                    if self._source.can_refresh:
+                        url = self._source.fresh_url()  # the old URL may be about to expire
             assert self._verification is not None
             self._verification.close()  # raises if the check failed
             self._verification = None

@@ -63,7 +63,7 @@ def test_create_and_wait_times_out_in_the_triggerer_with_the_typed_error(
     tries = deployment.tries(dag_id, run_id, task_id)
     assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed")]
     log = deployment.task_log(dag_id, run_id, task_id)
-    assert "Deferring until Cometly export" in log
+    assert "Deferring until Cometly event export" in log
     assert "Trigger fired event" in log
     assert "CometlyExportTimeoutError" in log
     assert "did not complete" in log

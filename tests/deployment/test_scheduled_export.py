@@ -58,7 +58,7 @@ def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(dep
         "download_export": ("success", 1),
     }
     log = deployment.task_log(DAG_ID, run_id, "wait_for_export")
-    assert "Deferring until Cometly export" in log
+    assert "Deferring until Cometly event export" in log
     assert "Trigger fired event" in log  # written by the triggerer into the task's log
 
     # The right day: asked of Cometly, in the object's key, and in every record of the object.

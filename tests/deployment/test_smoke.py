@@ -32,7 +32,7 @@ def test_deferrable_sensor_waits_in_the_triggerer_and_the_export_lands(deploymen
 
     deferred = deployment.wait_for_deferral("deployment_export", run_id, "wait_for_export")
     sim.clear_faults("export_status")
-    assert deferred["trigger"]["classpath"] == "cometly_provider.triggers.event_export.EventExportTrigger"
+    assert deferred["trigger"]["classpath"] == "cometly_provider.triggers.event_export.ExportTrigger"
     assert deferred["triggerer_job"]["job_type"] == "TriggererJob"
 
     assert deployment.wait_for_run("deployment_export", run_id, timeout=120) == "success"
@@ -55,6 +55,6 @@ def test_deferrable_sensor_waits_in_the_triggerer_and_the_export_lands(deploymen
     assert hashlib.sha256(body).hexdigest() == landed["sha256"]
     # The task log shows the deferral, then the trigger's own lines, written by the triggerer.
     log = deployment.task_log("deployment_export", run_id, "wait_for_export")
-    assert "Deferring until Cometly export" in log
-    assert "cometly_provider.triggers.event_export.EventExportTrigger" in log
+    assert "Deferring until Cometly event export" in log
+    assert "cometly_provider.triggers.event_export.ExportTrigger" in log
     assert "Trigger fired event" in log

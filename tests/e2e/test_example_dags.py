@@ -70,11 +70,17 @@ def test_daily_export_lands_the_days_events_in_s3(
     run = support.run_dag(example_dags["cometly_daily_export"], run_conf={"bucket": name})
 
     assert run.state == "success", support.task_states("cometly_daily_export", run.run_id)
-    (export,) = sim.exports.values()
-    assert export.params["date"] == "2024-01-15"  # {{ ds }} of the run
+    exports = {e.kind: e for e in sim.exports.values()}
+    assert sorted(exports) == ["contacts", "events"]  # both branches, one export each
+    export, contacts = exports["events"], exports["contacts"]
+    # The last complete day before the run's data_interval_end (run at 2024-01-15 00:00 UTC).
+    assert export.params["date"] == "2024-01-14"
     assert export.params["fields"] == ["event_name", "amount", "profile_id", "order_id"]  # DAG params
-
-    key = "cometly/events/dt=2024-01-15/events.ndjson.gz"
+    assert (contacts.params["start_date"], contacts.params["end_date"]) == (
+        "2024-01-14 00:00:00",
+        "2024-01-14 23:59:59",
+    )
+    key = "cometly/events/dt=2024-01-14/events.ndjson.gz"
     landed = client.get_object(Bucket=name, Key=key)["Body"].read()
     served = requests.get(sim.presign(export.export_id)[0], timeout=30).content
     assert landed == served  # byte-identical gzip, as Cometly serves it
@@ -82,13 +88,20 @@ def test_daily_export_lands_the_days_events_in_s3(
     assert len(rows) == export.lines == 3000
     assert set(rows[0]) >= {"id", "event_time_utc", "event_name", "amount", "order_id"}
     assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
-
     summary = support.xcom_value("cometly_daily_export", "download_export", run.run_id)
     assert summary["destination"] == f"s3://{name}/{key}"
     assert summary["records"] == 3000
     assert summary["sha256"] == hashlib.sha256(served).hexdigest()
     waited = support.xcom_value("cometly_daily_export", "wait_for_export", run.run_id)
     support.assert_stored_url(waited, sim, export.export_id)  # no signature in the metadata DB
+
+    # Contacts beside the events, keyed on the same day.
+    contacts_key = "cometly/contacts/dt=2024-01-14/contacts.ndjson.gz"
+    people = gzip.decompress(client.get_object(Bucket=name, Key=contacts_key)["Body"].read()).splitlines()
+    assert len(people) == sim.config.contact_export_rows
+    assert {"id", "email", "name", "created_at", "comet_tokens"} <= set(json.loads(people[0]))
+    waited = support.xcom_value("cometly_daily_export", "wait_for_contacts", run.run_id)
+    support.assert_stored_url(waited, sim, contacts.export_id, kind="contacts")
 
 
 @pytest.mark.usefixtures("airflow_db")

@@ -333,3 +333,27 @@ def _wait_completed(hook: CometlyHook, export_id: int, timeout: float = 20) -> d
             return export
         time.sleep(0.1)
     raise AssertionError(f"export {export_id} did not complete")
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["events", "contacts"])
+def test_a_body_that_is_not_json_is_one_typed_error_on_both_paths(
+    cometly_conn: Any, path: str, kind: str
+) -> None:
+    """The sync and async calls share one response path: a 200 with an HTML body is a CometlyError
+    naming the call, not a JSONDecodeError (0.1.0's async path parsed it unguarded)."""
+    import asyncio
+
+    from cometly_provider.exceptions import CometlyError
+
+    endpoint = "export_status" if kind == "events" else "contacts_export_status"
+    cometly_conn.inject(endpoint, "status", code=200, body="<html>maintenance</html>", times=1)
+    hook = CometlyHook()
+
+    def call() -> Any:
+        return hook.get_export(kind, 1) if path == "sync" else asyncio.run(hook.aget_export(kind, 1))
+
+    with pytest.raises(
+        CometlyError, match=f"GET /{kind}/exports/1 returned HTTP 200 with a body that is not JSON"
+    ):
+        call()

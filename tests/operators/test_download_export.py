@@ -33,7 +33,7 @@ from cometly_provider.exceptions import (
     CometlyInputError,
     CometlyTaskKilled,
 )
-from cometly_provider.exports import completed_result
+from cometly_provider.exports import ExportRef, completed_result
 from cometly_provider.hooks.cometly import CometlyHook
 from cometly_provider.operators.download_export import (
     DownloadEventExportOperator,
@@ -173,7 +173,8 @@ def test_sensor_result_without_signature_gets_a_fresh_url(
     cometly_conn: Any, tmp_path: Path, form: str
 ) -> None:
     # What EventExportSensor stores in XCom: the URL without its signature, plus the export id.
-    stored = completed_result(_completed(cometly_conn, rows=400))
+    export = _completed(cometly_conn, rows=400)
+    stored = completed_result(ExportRef.of("events", export["export_id"]), export)
     assert "X-Amz-Signature" not in stored["download_url"]
     direct = _direct(cometly_conn, stored["export_id"])
     polls = len(cometly_conn.requests_for("export_status"))
@@ -190,7 +191,9 @@ def test_sensor_result_without_signature_gets_a_fresh_url(
 
 
 def test_redacted_url_without_export_id_fails_before_any_request(cometly_conn: Any, tmp_path: Path) -> None:
-    with pytest.raises(CometlyInputError, match=r"download_url=.*signature redacted.*pass export_id"):
+    with pytest.raises(
+        CometlyInputError, match=r"download_url=.*signature redacted.*pass the sensor's whole result"
+    ):
         _operator(
             download_url="https://exports.example.com/e.ndjson.gz?<redacted>",
             destination=f"file://{tmp_path}/e.gz",
@@ -367,7 +370,7 @@ def test_expired_url_is_refreshed_via_export_id(cometly_conn: Any, bucket: tuple
 def test_expired_url_without_export_id_fails_clearly(cometly_conn: Any, tmp_path: Path) -> None:
     status = _completed(cometly_conn, rows=50)
     cometly_conn.inject("download", "expire")
-    with pytest.raises(CometlyDownloadExpiredError, match="pass export_id") as excinfo:
+    with pytest.raises(CometlyDownloadExpiredError, match="pass the export") as excinfo:
         _operator(download_url=status["download_url"], destination=f"file://{tmp_path}/e.gz").execute(
             _context()
         )
@@ -422,15 +425,17 @@ SIGNED = "https://bucket.s3.amazonaws.com/exports/e.ndjson.gz?X-Amz-Signature=SE
             "download_url",
             "scheme 'ftp'",
         ),
-        ({"download_url": {"export_id": 7}, "destination": "file:///tmp/e"}, "download_url", "without a"),
+        ({"download_url": {"id": 7}, "destination": "file:///tmp/e"}, "download_url", "sensor's result"),
+        ({"export": {"id": 7}, "destination": "file:///tmp/e"}, "export", "sensor's result"),
+        ({"export_id": 7, "kind": "companies", "destination": "file:///tmp/e"}, "kind", "'contacts'"),
         ({"download_url": 42, "destination": "file:///tmp/e"}, "download_url", "got int"),
-        ({"destination": "file:///tmp/e"}, "download_url", "nothing to download"),
+        ({"destination": "file:///tmp/e"}, "export", "expected the export to download"),
         ({"export_id": "abc", "destination": "file:///tmp/e"}, "export_id", "'abc'"),
         ({"export_id": -1, "destination": "file:///tmp/e"}, "export_id", "-1"),
         ({"export_id": True, "destination": "file:///tmp/e"}, "export_id", "True"),
         (
             {"download_url": {"download_url": SIGNED, "export_id": "x1"}, "destination": "file:///tmp/e"},
-            "download_url['export_id']",
+            "download_url",
             "'x1'",
         ),
         ({"download_url": SIGNED, "destination": "s3://lake/e.gz", "part_size": MiB}, "part_size", "5 MiB"),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import TaskDeferred
 
+from cometly_provider import pending as module
 from cometly_provider.exceptions import (
     CometlyExportFailedError,
     CometlyExportSensorTimeout,
@@ -21,7 +22,6 @@ from cometly_provider.exceptions import (
     CometlyNotFoundError,
 )
 from cometly_provider.hooks.cometly import CometlyHook
-from cometly_provider.operators import event_export as module
 from cometly_provider.operators.event_export import (
     PENDING_EXPORT_VARIABLE_PREFIX,
     CreateEventExportOperator,
@@ -30,7 +30,7 @@ from cometly_provider.triggers.event_export import EventExportTrigger
 from cometly_provider.validation import SOURCES as ALL_SOURCES
 from tests import event_exports as support
 
-RESULT_KEYS = {"export_id", "status", "download_url", "expires_at", "completed_at"}
+RESULT_KEYS = {"export_id", "kind", "status", "download_url", "expires_at", "completed_at"}
 SOURCES = ["facebook_ads", "google_ads"]
 
 
@@ -78,7 +78,7 @@ def test_creates_the_export_and_returns_its_id(sim: Any) -> None:
 
     assert isinstance(export_id, int)
     assert export_id in sim.exports
-    assert ti.xcom == {"export_id": export_id}
+    assert ti.xcom == {"export_id": export_id, "day": "2024-01-15"}
     creates = sim.requests_for("export_create")
     assert [r.json for r in creates] == [{"date": "2024-01-15"}]
     assert sim.requests_for("export_status") == []  # nothing to wait for
@@ -222,7 +222,7 @@ def test_no_connection_lookup_or_request_at_parse_time() -> None:
     op = _op(cometly_conn_id="does_not_exist", poll_interval=timedelta(seconds=5))
     assert op.poll_interval == 5
     assert op.date == "2024-01-15"
-    assert CreateEventExportOperator(task_id="t").date == "{{ ds }}"
+    assert CreateEventExportOperator(task_id="t").date is None  # the last complete day, at run time
 
 
 def test_creation_retries_outlast_a_rate_limit_window(sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,9 +230,7 @@ def test_creation_retries_outlast_a_rate_limit_window(sim: Any, monkeypatch: pyt
     op = _op()
     hook = CometlyHook()
     assert hook.retry_policy.max_attempts == 2
-    creation = op._creation_hook(hook)
-    assert creation.retry_policy.max_attempts == op.create_max_attempts
-    assert creation.retry_policy.max_wait == support.WINDOW
+    assert hook.patient_create_attempts > 4
     # A 429 storm longer than the connection's own 2 attempts is waited out.
     sim.inject("export_create", "status", code=429, retry_after=0.2, times=4)
     assert isinstance(op.execute(support.context()), int)
@@ -248,7 +246,7 @@ def test_wait_for_completion_returns_the_completed_export(sim: Any, variables: M
 
     assert set(result) == RESULT_KEYS
     assert result["status"] == "completed"
-    assert ti.xcom == {"export_id": result["export_id"]}
+    assert ti.xcom == {"export_id": result["export_id"], "day": "2024-01-15"}
     assert len(sim.requests_for("export_status")) >= 2
     assert variables.store == {}  # recorded while waiting, forgotten on success
 
@@ -291,7 +289,8 @@ def test_wait_deferrable_defers_and_resumes(sim: Any, variables: MemoryVariables
         return None
 
     event = asyncio.run(first_event())
-    result = op.execute_complete(support.context(ti), event=event.payload)
+    # As the Task SDK resumes a deferred task: through resume_execution.
+    result = op.resume_execution("execute_complete", {"event": event.payload}, support.context(ti))
     assert result["export_id"] == ti.xcom["export_id"]
     assert variables.store == {}
 

@@ -17,6 +17,7 @@ with schemes the provider cannot write to.
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 from pathlib import Path
@@ -76,7 +77,14 @@ EXPORT_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         ("date=['2024-01-15', '2024-01-16']", "exactly one day"),
     ),
     ("date a number", {"date": 20240115}, "date", ("date=20240115", "YYYY-MM-DD")),
-    ("date missing", {"date": None}, "date", ("date=None", "YYYY-MM-DD")),
+    # date=None is the default (the last complete day); a template that rendered empty is not.
+    ("date rendered empty", {"date": " "}, "date", ("date=' '", "YYYY-MM-DD")),
+    (
+        "date today (incomplete)",
+        {"date": dt.datetime.now(dt.UTC).date().isoformat()},
+        "date",
+        ("not over yet", "complete past day"),
+    ),
     # query_mode: profile | company.
     ("query_mode", {"query_mode": "person"}, "query_mode", ("query_mode='person'", "profile, company")),
     # event_names: 1..10 documented names, no duplicates.
@@ -424,22 +432,22 @@ def test_skipping_bad_rows_loses_nothing_silently(sim: Any) -> None:
 
 DOWNLOAD_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     (
-        "result dict without download_url",
-        {"download_url": {"export_id": 7, "status": "completed", "expires_at": "2024-01-15T10:48:42Z"}},
+        "result dict without export_id",
+        {"download_url": {"status": "completed", "expires_at": "2024-01-15T10:48:42Z"}},
         "download_url",
-        ("without a 'download_url' key", "['expires_at', 'export_id', 'status']"),
+        ("keys ['expires_at', 'status']", "the sensor's result"),
     ),
     (
-        "result dict rendered as text, without download_url",
-        {"download_url": "{'export_id': 7, 'status': 'completed'}"},
+        "result dict rendered as text, without export_id",
+        {"download_url": "{'status': 'completed'}"},
         "download_url",
-        ("without a 'download_url' key", "pass the sensor's result or the URL itself"),
+        ("keys ['status']", "the sensor's result"),
     ),
     (
-        "result dict with a file:// download_url",
+        "result dict with a file:// download_url and no export",
         {"download_url": {"export_id": None, "download_url": "file:///etc/passwd"}},
         "download_url",
-        ("download_url='file:///etc/passwd'", "scheme 'file'", "http(s) presigned URL"),
+        ("keys ['download_url', 'export_id']", "the sensor's result"),
     ),
     (
         "file:// URL",
@@ -482,18 +490,18 @@ DOWNLOAD_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         "redacted URL naming no export",
         {"download_url": "https://bucket.s3.amazonaws.com/exports/e.ndjson.gz?<redacted>"},
         "download_url",
-        ("signature redacted and names no export", "pass export_id"),
+        ("signature redacted and names no export", "pass the sensor's whole result"),
     ),
     (
         "result dict whose download_url is None",
         {"download_url": {"download_url": None, "status": "completed"}},
         "download_url",
-        ("nothing to download", "and/or export_id"),
+        ("keys ['download_url', 'status']", "the sensor's result"),
     ),
     (
         "export id that is not a number",
         {"download_url": {"download_url": SIGNED, "export_id": "seven"}},
-        "download_url['export_id']",
+        "download_url",
         ("'seven'", "integer export_id"),
     ),
     # Destinations: s3://, gs:// and file:// only.

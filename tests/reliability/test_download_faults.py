@@ -135,7 +135,7 @@ def test_url_expired_at_the_resume_without_export_id_fails_and_lands_nothing(
     with pytest.raises(CometlyDownloadExpiredError) as info:
         op.execute(download_context())  # type: ignore[arg-type]
 
-    assert_failed_with(info.value, CometlyDownloadExpiredError, "HTTP 403", "expired", "pass export_id")
+    assert_failed_with(info.value, CometlyDownloadExpiredError, "HTTP 403", "expired", "pass the export")
     assert [(f, s) for f, s, _ in _ranges(sim)][-2:] == [("cut", 200), (None, 403)]  # a real expiry
     assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=False)
     assert_no_orphaned_uploads(client, name)
@@ -159,9 +159,8 @@ def test_url_expiring_while_the_resume_is_in_flight_is_renewed_from_the_export_i
     ).execute(download_context())  # type: ignore[arg-type]
 
     assert [(f, s) for f, s, _ in _ranges(sim)][-3:] == [("cut", 200), ("delay", 403), (None, 206)]
-    assert (
-        len(sim.requests_for("export_status")) - polls_before == 2
-    )  # a fresh URL after the cut, after the 403
+    # The download asks the export for its own URL: at the start, after the cut, after the 403.
+    assert len(sim.requests_for("export_status")) - polls_before == 3
     assert result["resumes"] == 2
     assert result["sha256"] == direct.sha256
     assert_identical_or_absent(client, name, "e.ndjson.gz", direct, landed=True)

@@ -91,7 +91,7 @@ def test_failed_export_fails_the_wait_and_lands_nothing(
     out = capfd.readouterr().out
     assert "CometlyExportSensorFailedError" in out
     assert _tries(dag_id, run.run_id, "wait_for_export") == 1
-    assert f"Cometly export 1 failed: {FAILURE}" in out
+    assert f"Cometly event export 1 failed: {FAILURE}" in out
     assert sim.requests_for("download") == []
     assert client.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0
     assert_no_orphaned_uploads(client, name)
@@ -101,7 +101,9 @@ def test_failed_export_fails_the_wait_and_lands_nothing(
         EventExportSensor(task_id="wait_for_export", export_id=1, poke_interval=0.05).execute(
             support.context()
         )
-    assert_failed_with(info.value, CometlyExportSensorFailedError, f"Cometly export 1 failed: {FAILURE}")
+    assert_failed_with(
+        info.value, CometlyExportSensorFailedError, f"Cometly event export 1 failed: {FAILURE}"
+    )
     assert isinstance(info.value, AirflowFailException)
     assert info.value.api_message == FAILURE
 
@@ -124,7 +126,7 @@ def test_export_that_never_completes_times_out_once_without_burning_retries(
     assert _tries(dag_id, run.run_id, "wait_for_export") == 1
     out = capfd.readouterr().out
     assert "CometlyExportSensorTimeout" in out
-    assert "Cometly export 1 did not complete within 1 s; last status: processing" in out
+    assert "Cometly event export 1 did not complete within 1 s; last status: processing" in out
     assert len(sim.exports) == 1
     assert sim.exports[1].status == "processing"
     assert client.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0
@@ -148,7 +150,7 @@ def test_export_that_never_completes_while_the_status_endpoint_is_down(sim: Any)
     assert_failed_with(
         info.value,
         CometlyExportSensorTimeout,
-        f"Cometly export {export_id} did not complete within 0.8 s",
+        f"Cometly event export {export_id} did not complete within 0.8 s",
         "last status: processing",  # what the export was when last seen...
         "last poll failed: Cometly GET /events/exports/1 failed with HTTP 503",  # ...and why no news since
     )

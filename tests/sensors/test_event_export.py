@@ -20,7 +20,7 @@ from cometly_provider.sensors.event_export import EventExportSensor
 from cometly_provider.triggers.event_export import EventExportTrigger
 from tests import event_exports as support
 
-RESULT_KEYS = {"export_id", "status", "download_url", "expires_at", "completed_at"}
+RESULT_KEYS = {"export_id", "kind", "status", "download_url", "expires_at", "completed_at"}
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_pokes_until_completed_and_returns_the_download_details(
     assert set(statuses) == {200}
     # The download URL is logged only without its query string (the signature).
     out, err = capfd.readouterr()
-    assert f"Cometly export {export_id} completed at" in out
+    assert f"events export {export_id} completed at" in out
     assert ".ndjson.gz?<redacted>" in out
     support.assert_no_signature(sim, out + err)
 
@@ -78,7 +78,7 @@ def test_a_failed_export_fails_with_the_api_message(sim: Any) -> None:
     export_id = support.create_export(sim)
     with pytest.raises(CometlyExportFailedError, match="the warehouse is on fire") as info:
         _sensor(export_id).execute(support.context())
-    assert f"Cometly export {export_id} failed" in str(info.value)
+    assert f"Cometly event export {export_id} failed" in str(info.value)
     assert info.value.api_message == "Export failed: the warehouse is on fire."
 
 
@@ -233,7 +233,8 @@ def _check_result(sim: Any, dag_id: str, run: Any) -> dict[str, Any]:
     assert result["status"] == "completed"
     creates = sim.requests_for("export_create")
     assert len(creates) == 1
-    assert creates[0].json == {"date": "2024-01-15"}  # {{ ds }} of the run
+    # The default day: the last complete day before the run (a manual run at 2024-01-15 00:00 UTC).
+    assert creates[0].json == {"date": "2024-01-14"}
     assert result["export_id"] == support.xcom_value(dag_id, "create_export", run.run_id)
     # What the metadata DB keeps (and the UI shows unmasked) has no signature.
     support.assert_stored_url(result, sim, result["export_id"])
@@ -296,5 +297,5 @@ def test_dag_test_deferrable_mode(
     assert runs == [result["export_id"]]
     # The triggerer's URL reached the worker through the event; neither side logged its signature.
     out, err = capfd.readouterr()
-    assert "Deferring until Cometly export" in out
+    assert "Deferring until Cometly event export" in out
     support.assert_no_signature(sim, out + err)

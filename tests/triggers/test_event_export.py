@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from cometly_provider.exceptions import CometlyExportFailedError, CometlyNotFoundError
-from cometly_provider.exports import result_from_event
+from cometly_provider.exports import ExportRef, result_from_event
 from cometly_provider.triggers.event_export import EventExportTrigger
 from tests import event_exports as support
 
-CLASSPATH = "cometly_provider.triggers.event_export.EventExportTrigger"
+CLASSPATH = "cometly_provider.triggers.event_export.ExportTrigger"
 
 
 @pytest.fixture
@@ -49,6 +49,7 @@ def test_serialize_round_trips_through_airflow_serde() -> None:
     assert classpath == CLASSPATH
     assert kwargs == {
         "export_id": 42,
+        "kind": "events",
         "end_time": end_time,
         "cometly_conn_id": "cometly_other",
         "poll_interval": 12.5,
@@ -102,7 +103,7 @@ def test_run_polls_until_completed_without_blocking_the_loop(
     payload = events[0].payload
     assert payload["status"] == "success"
     export = payload["export"]
-    assert set(export) == {"export_id", "status", "download_url", "expires_at", "completed_at"}
+    assert set(export) == {"export_id", "kind", "status", "download_url", "expires_at", "completed_at"}
     assert export["export_id"] == export_id
     assert export["status"] == "completed"
     # The event is persisted by the triggerer: it carries no signature, only what refreshes one.
@@ -113,7 +114,7 @@ def test_run_polls_until_completed_without_blocking_the_loop(
     assert ticks[-1] - ticks[0] >= 1.0
     assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.9
     out, err = capfd.readouterr()
-    assert f"Cometly export {export_id} completed" in out
+    assert f"Cometly event export {export_id} completed" in out
     support.assert_no_signature(sim, out + err)
 
 
@@ -128,7 +129,7 @@ def test_run_reports_a_failed_export_with_the_api_message(sim: Any) -> None:
     assert payload["error_type"] == "CometlyExportFailedError"
     assert "Warehouse exploded while exporting." in payload["message"]
     with pytest.raises(CometlyExportFailedError, match="Warehouse exploded") as info:
-        result_from_event(payload, export_id, on_timeout=RuntimeError)
+        result_from_event(payload, ExportRef.of("events", export_id), on_timeout=RuntimeError)
     assert info.value.api_message == "Warehouse exploded while exporting."
 
 
@@ -141,7 +142,7 @@ def test_run_times_out_on_a_stuck_export(sim: Any) -> None:
     payload = events[0].payload
     assert payload["status"] == "timeout"
     assert payload["last_status"] == "processing"
-    assert f"Cometly export {export_id} did not complete before its deadline" in payload["message"]
+    assert f"Cometly event export {export_id} did not complete before its deadline" in payload["message"]
     assert len(sim.requests_for("export_status")) >= 2  # kept polling until the deadline
 
 
@@ -161,7 +162,7 @@ def test_run_reports_an_unknown_export(sim: Any) -> None:
     assert payload["error_type"] == "CometlyNotFoundError"
     assert "987654 does not exist" in payload["message"]
     with pytest.raises(CometlyNotFoundError, match="987654 does not exist"):
-        result_from_event(payload, 987654, on_timeout=RuntimeError)
+        result_from_event(payload, ExportRef.of("events", 987654), on_timeout=RuntimeError)
     assert len(sim.requests_for("export_status")) == 1  # a 404 is not polled again
 
 
@@ -225,3 +226,51 @@ def test_a_bad_connection_extra_becomes_an_error_event(sim: Any, monkeypatch: py
     assert [e.payload["status"] for e in events] == ["error"]
     assert "export_statuz" in events[0].payload["message"]
     assert sim.requests == []
+
+
+# --- hard deadlines ---------------------------------------------------------------------------------
+
+
+def test_100_triggers_sharing_a_space_all_fire_within_1_s_of_their_deadline(sim: Any) -> None:
+    """100 waits on one Space's 30-per-window status limit: polls queue in the limiter, but each poll
+    is bounded by the time its trigger has left, so every timeout event fires on time (a poll that
+    waited its turn used to make triggers fire up to 3.3 windows late)."""
+    from cometly_provider.exceptions import CometlyExportTimeoutError
+
+    sim.next_exports_outcome("stuck")
+    export_id = support.create_export(sim)
+    start = time.time()
+    # Deadlines spread over two windows, so some fall while the limiter queue is at its longest.
+    triggers = [
+        EventExportTrigger(export_id=export_id, end_time=start + 1.0 + (i % 20) * 0.1, poll_interval=0.05)
+        for i in range(100)
+    ]
+
+    async def fire(trigger: EventExportTrigger) -> tuple[float, Any]:
+        async for event in trigger.run():
+            return time.time(), event
+        raise AssertionError("no event")
+
+    async def all_of_them() -> list[tuple[float, Any]]:
+        return await asyncio.gather(*(fire(t) for t in triggers))
+
+    fired = asyncio.run(all_of_them())
+    lateness = [at - t.end_time for (at, _), t in zip(fired, triggers, strict=True)]
+    print(f"100 triggers: fired {min(lateness):.3f} .. {max(lateness):.3f} s after their deadlines")
+    assert [event.payload["status"] for _, event in fired] == ["timeout"] * 100
+    assert min(lateness) >= 0  # never before the deadline
+    assert max(lateness) < 1.0, f"latest fired {max(lateness):.2f} s after its deadline"
+    # The typed timeout the task raises from each event.
+    with pytest.raises(CometlyExportTimeoutError, match="did not complete before its deadline"):
+        result_from_event(fired[0][1].payload, triggers[0].ref, on_timeout=CometlyExportTimeoutError)
+    # They did share the Space's 30-per-window budget: far fewer polls than triggers x polls wanted.
+    assert len(sim.requests_for("export_status")) < 100 * 3
+
+
+def test_the_deadline_is_wall_clock() -> None:
+    """Stored as epoch seconds: another triggerer process or host resumes it meaningfully."""
+    end_time = time.time() + 600
+    kwargs = EventExportTrigger(export_id=1, end_time=end_time, kind="contacts").serialize()[1]
+    assert kwargs["end_time"] == end_time
+    assert abs(kwargs["end_time"] - time.time() - 600) < 5  # not time.monotonic()
+    assert kwargs["kind"] == "contacts"

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -254,9 +254,38 @@ class MemoryWriter:
         self.aborted += 1
 
 
-def _transfer(source: FakeSource, writer: MemoryWriter, **kwargs: Any) -> ExportTransfer:
-    kwargs.setdefault("resume_wait", 0)
-    return ExportTransfer(open_download=source.open, writer=writer, chunk_size=1000, **kwargs)
+class UrlSource:
+    """A DownloadSource over a FakeSource: the first URL given, then ``refresh_url()`` if any."""
+
+    def __init__(self, fake: FakeSource, url: str, refresh_url: Callable[[], str] | None) -> None:
+        self.fake, self.url, self.refresh_url = fake, url, refresh_url
+        self.can_refresh = refresh_url is not None
+        self.asked = 0
+
+    def fresh_url(self) -> str:
+        self.asked += 1
+        if self.asked == 1 or self.refresh_url is None:
+            return self.url
+        return self.refresh_url()
+
+    def open(self, url: str, offset: int) -> Any:
+        return self.fake.open(url, offset)
+
+
+class _Transfer:
+    def __init__(self, source: FakeSource, writer: MemoryWriter, **kwargs: Any) -> None:
+        self.source, self.writer = source, writer
+        self.refresh_url = kwargs.pop("refresh_url", None)
+        kwargs.setdefault("resume_wait", 0)
+        self.kwargs = kwargs
+
+    def run(self, url: str) -> Any:
+        source = UrlSource(self.source, url, self.refresh_url)
+        return ExportTransfer(source=source, writer=self.writer, chunk_size=1000, **self.kwargs).run()
+
+
+def _transfer(source: FakeSource, writer: MemoryWriter, **kwargs: Any) -> _Transfer:
+    return _Transfer(source, writer, **kwargs)
 
 
 PLAIN = _ndjson(3000)
@@ -317,7 +346,7 @@ def test_expired_url_is_refreshed_and_resumed() -> None:
 
 def test_expired_url_without_export_id_fails_clearly() -> None:
     source, writer = FakeSource(GZ, ["expire"]), MemoryWriter()
-    with pytest.raises(CometlyDownloadExpiredError, match="pass export_id"):
+    with pytest.raises(CometlyDownloadExpiredError, match="pass the export"):
         _transfer(source, writer).run("u")
     assert writer.committed is None
     assert writer.aborted
