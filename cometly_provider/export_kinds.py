@@ -8,7 +8,8 @@ rate-limit keys, its parameter vocabulary and validator, the period its paramete
 hook, the sensor, the trigger and the download operator take a kind and nothing else changes.
 
 Adding a kind (say companies) means one ``ExportKind`` entry here (with its validator in
-:mod:`cometly_provider.validation`), see ``docs/export-kinds.md``.
+:mod:`cometly_provider.validation`); the rate limiter takes its limits from the entry. See
+``docs/export-kinds.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class ExportKind:
     file_description: str
     #: The operator that creates this kind, named in messages ("the export_id returned by ...").
     create_operator: str
+    #: Requests per minute per Space until the server's ``X-RateLimit-Limit`` says otherwise; the
+    #: API reference says to assume the event-export figures where the vendor states none.
+    create_limit: int = 5
+    status_limit: int = 30
 
     def status_path(self, export_id: int) -> str:
         return f"{self.path}/{export_id}"

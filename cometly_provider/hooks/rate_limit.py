@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 from pyrate_limiter import InMemoryBucket, Limiter, Rate
 
 from cometly_provider.exceptions import CometlyRateLimitError
+from cometly_provider.export_kinds import EXPORT_KINDS
 
 if TYPE_CHECKING:
     from cometly_provider.hooks.rate_limit_redis import RedisSharedBucket
@@ -42,16 +43,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Documented limits per Space, per minute, by endpoint key. The key is what the hook passes to
-#: :func:`get_rate_limiter`; a new endpoint needs one entry here and nothing else (until the
-#: server answers, this is the assumption; ``X-RateLimit-Limit`` then corrects it).
+#: :func:`get_rate_limiter`; until the server answers this is the assumption, and
+#: ``X-RateLimit-Limit`` then corrects it. Export endpoints come from their kind's entry, so a new
+#: kind brings its limits with it.
 DEFAULT_LIMITS: Mapping[str, int] = {
     "track": 1000,
-    "export_create": 5,
-    "export_status": 30,
     "list": 7,
-    # Not stated consistently by the vendor: the event-export figures until learnt from the server.
-    "contacts_export_create": 5,
-    "contacts_export_status": 30,
+    **{kind.create_endpoint: kind.create_limit for kind in EXPORT_KINDS.values()},
+    **{kind.status_endpoint: kind.status_limit for kind in EXPORT_KINDS.values()},
 }
 DEFAULT_WINDOW_SECONDS = 60.0
 #: How long one request may wait for the rate limit (client-side holds and 429s together) before
