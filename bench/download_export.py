@@ -50,24 +50,15 @@ from typing import Any
 
 from _report import command_line, measured_on, write_section  # bench/ is sys.path[0] when run as a script
 
+from cometly_provider.validation import AD_HIERARCHY_FIELDS, EXPORT_FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 MB = 1_000_000
 MiB = 1024 * 1024
 BUCKET = "bench-lake"
 #: Realistic rows: every field an export can have without attribution.
-REALISTIC_FIELDS = [
-    "profile_id",
-    "company_id",
-    "space_id",
-    "event_name",
-    "configured_name",
-    "amount",
-    "is_upsell",
-    "order_id",
-    "order_name",
-    "event_url",
-]
+REALISTIC_FIELDS = [name for name in EXPORT_FIELDS if name not in AD_HIERARCHY_FIELDS]
 #: gzip bytes per row (measured on the simulator's exports, gzip level 6).
 BYTES_PER_ROW = {"realistic": 47.1, "padded": 581 / 600}  # padded: per byte of padding
 KINDS = ("operator", "naive", "ceiling", "library")
