@@ -52,10 +52,14 @@ def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(dep
 
     assert deployment.wait_for_run(DAG_ID, run_id, timeout=180) == "success"
     tries = {t["task_id"]: (t["state"], t["try_number"]) for t in deployment.task_instances(DAG_ID, run_id)}
+    # Events and contacts: the two branches of the DAG, each on its first try.
     assert tries == {
         "create_export": ("success", 1),
         "wait_for_export": ("success", 1),
         "download_export": ("success", 1),
+        "create_contacts": ("success", 1),
+        "wait_for_contacts": ("success", 1),
+        "download_contacts": ("success", 1),
     }
     log = deployment.task_log(DAG_ID, run_id, "wait_for_export")
     assert "Deferring until Cometly event export" in log
@@ -74,3 +78,13 @@ def test_backfilled_daily_export_lands_the_last_complete_day_after_deferring(dep
     assert len(records) == landed["records"] > 0
     days = {record["event_time_utc"][:10] for record in records}
     assert days == {EXPECTED_DAY}
+
+    # The contacts branch covers the same day, in the Space's timezone (UTC here).
+    contacts_id = _export_id(deployment.xcom(DAG_ID, run_id, "create_contacts"))
+    contacts_params = sim.exports[contacts_id].params
+    assert (contacts_params["start_date"], contacts_params["end_date"]) == (
+        f"{EXPECTED_DAY} 00:00:00",
+        f"{EXPECTED_DAY} 23:59:59",
+    )
+    contacts = deployment.xcom(DAG_ID, run_id, "download_contacts")
+    assert f"/dt={EXPECTED_DAY}/" in contacts["destination"]
