@@ -72,7 +72,7 @@ def test_wheel_metadata_and_files(dist: dict[str, Path]) -> None:
         "Programming Language :: Python :: 3.12",  # scripts/compat.sh
     }
     extras = set(metadata.get_all("Provides-Extra"))
-    assert extras == {"amazon", "google", "openlineage"}  # no public test/dev extra
+    assert extras == {"amazon", "google", "openlineage", "redis"}  # no public test/dev extra
     requires = " ".join(metadata.get_all("Requires-Dist"))
     for tool in ("ruff", "mypy", "pytest", "types-requests"):
         assert tool not in requires
