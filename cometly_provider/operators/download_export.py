@@ -156,6 +156,7 @@ class DownloadExportOperator(BaseOperator):
             max_concurrency=self.max_concurrency,
             content_type=NDJSON_CONTENT_TYPE if self.decompress else GZIP_CONTENT_TYPE,
             log=self.log,
+            caller=type(self).__name__,
         )
         writer.begin()  # replace=False fails here, before any request to Cometly
 

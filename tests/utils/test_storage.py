@@ -6,6 +6,7 @@ leaves nothing behind (no object, no pending multipart upload, no temp file).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -154,6 +155,55 @@ def test_s3_multipart_with_parallel_parts(bucket: tuple[Any, str]) -> None:
     assert obj["ContentType"] == "application/gzip"
     assert _uploads(client, name) == []
     assert writer.buffers_allocated <= 3 + 1  # part buffers bounded by max_concurrency + 1
+
+
+def _composite_crc32(data: bytes, part_size: int) -> str:
+    """S3's composite checksum of a multipart object: the CRC32 of the parts' CRC32s (base64)."""
+    import base64
+    import zlib
+
+    crcs = [zlib.crc32(data[i : i + part_size]).to_bytes(4, "big") for i in range(0, len(data), part_size)]
+    return base64.b64encode(zlib.crc32(b"".join(crcs)).to_bytes(4, "big")).decode()
+
+
+def test_s3_parts_carry_crc32_checksums_like_upload_fileobj(bucket: tuple[Any, str]) -> None:
+    """By botocore's default, each part carries a CRC32 the server checks; the object keeps them."""
+    client, name = bucket
+    data = _payload(11 * MiB)
+    writer = _writer(f"s3://{name}/checked.gz", max_concurrency=2)
+    writer.begin()
+    _write_and_commit(writer, data)
+    attributes = client.get_object_attributes(Bucket=name, Key="checked.gz", ObjectAttributes=["Checksum"])
+    assert attributes["Checksum"]["ChecksumCRC32"] == _composite_crc32(data, 5 * MiB)
+
+
+def test_s3_no_checksum_when_the_connection_asks_only_for_required_ones(
+    bucket: tuple[Any, str], s3_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``request_checksum_calculation: when_required`` (stores without checksum support) is obeyed."""
+    client, name = bucket
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_PLAIN",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {
+                    "endpoint_url": s3_conn,
+                    "region_name": "us-east-1",
+                    "config_kwargs": {"request_checksum_calculation": "when_required"},
+                },
+            }
+        ),
+    )
+    data = _payload(11 * MiB)
+    writer = _writer(f"s3://{name}/plain.gz", conn_id="aws_plain", max_concurrency=2)
+    writer.begin()
+    _write_and_commit(writer, data)
+    assert client.get_object(Bucket=name, Key="plain.gz")["Body"].read() == data
+    attributes = client.get_object_attributes(Bucket=name, Key="plain.gz", ObjectAttributes=["Checksum"])
+    assert "ChecksumCRC32" not in attributes.get("Checksum", {})
 
 
 def test_s3_exact_multiple_of_part_size(bucket: tuple[Any, str]) -> None:
@@ -479,3 +529,19 @@ def test_upload_error_is_an_airflow_exception() -> None:
 
     assert issubclass(UploadError, AirflowException)
     assert issubclass(DestinationExistsError, AirflowException)
+
+
+def test_s3_client_names_its_caller_without_searching_the_stack(
+    s3_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AWS User-Agent keeps ``Caller/<operator>``, without the provider's ``inspect.stack()`` search."""
+    import inspect
+
+    def no_stack_search(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("inspect.stack() called while building the S3 client")
+
+    monkeypatch.setattr(inspect, "stack", no_stack_search)
+    writer = _writer("s3://lake/k.gz", conn_id="aws_default", caller="DownloadEventExportOperator")
+    assert isinstance(writer, S3MultipartWriter)
+    user_agent_extra = writer.client.meta.config.user_agent_extra
+    assert "Caller/DownloadEventExportOperator" in user_agent_extra
