@@ -306,7 +306,7 @@ def _default_checksum_algorithm(client: Any) -> dict[str, str]:
     With botocore's default ``request_checksum_calculation="when_supported"`` every part carries a
     CRC32 that S3 checks, and the object keeps a composite checksum (``GetObjectAttributes``).
     A client configured ``"when_required"`` (S3-compatible stores without checksum support) gets
-    none, as before. Declaring it also spares moto a full-object checksum at completion (1.8 s
+    none, as before. Declaring it also spares moto a full-object checksum at completion (1.7 s
     instead of 2.6 s for 500 MB: docs/benchmarks.md).
     """
     config = getattr(getattr(client, "meta", None), "config", None)
