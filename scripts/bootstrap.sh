@@ -16,7 +16,9 @@ if [ ! -f "$stamp" ]; then
     echo "==> Installing into $VENV (first run takes about a minute)" >&2
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
-    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
+    # Bytecode compiled at install, as pip does: uv does not by default, and without it every
+    # Airflow process recompiles its imports (`import airflow.sdk, boto3`: 5.0 s instead of 2.8 s).
+    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --compile-bytecode \
         -c constraints/py311.txt -e ".[amazon,google,openlineage,redis]" --group dev
     rm -f "$VENV"/.installed-*
     touch "$stamp"

@@ -28,7 +28,9 @@ if [ ! -f "$stamp" ]; then
     echo "==> Installing the Airflow 3.0 line into $VENV" >&2
     rm -rf "$VENV"
     "$UV" venv --quiet --python "$(find_python)" "$VENV"
-    "$UV" pip install --quiet --python "$VENV/bin/python" \
+    # Bytecode compiled at install, as pip does: uv does not by default, and without it every
+    # Airflow process recompiles its imports (`import airflow.sdk, boto3`: 5.0 s instead of 2.8 s).
+    "$UV" pip install --quiet --python "$VENV/bin/python" --compile-bytecode \
         -c "$CONSTRAINTS" -e ".[amazon,google,openlineage]" --group test
     touch "$stamp"
 fi
