@@ -11,6 +11,7 @@ them, so they must not depend on the chunk (map_index) an event landed in: 0 new
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cometly_provider.testing import DEFAULT_RATE_LIMITS
@@ -29,6 +30,17 @@ def _stored(deployment: Deployment, since: int) -> list[dict[str, Any]]:
     """This test's events among everything the session's simulator stored after the first ``since``
     (other tests of the session run the same DAG, e.g. on a Redis bucket)."""
     return [e for e in deployment.simulator.events[since:] if str(e.get("email", "")).startswith(TRACK_TAG)]
+
+
+def _most_at_once(tis: list[dict[str, Any]]) -> int:
+    """The largest number of task instances running at the same moment."""
+    at = datetime.fromisoformat
+    edges = sorted([(at(t["start_date"]), 1) for t in tis] + [(at(t["end_date"]), -1) for t in tis])
+    running = most = 0
+    for _, step in edges:  # at equal times an end (-1) sorts first: touching is not overlapping
+        running += step
+        most = max(most, running)
+    return most
 
 
 def _summaries(deployment: Deployment, run_id: str) -> list[dict[str, int]]:
@@ -62,9 +74,10 @@ def test_mapped_tracking_in_parallel_stores_each_event_once_even_after_a_reorder
     assert [(t["map_index"], t["state"], t["try_number"]) for t in tis] == [
         (i, "success", 1) for i in range(TRACK_CHUNKS)
     ]
-    # They really ran at the same time: separate processes, overlapping in time.
+    # They really ran at the same time: separate processes, most of them overlapping in time (the
+    # first may finish before the last has started: the budget lets the first chunks through at once).
     assert len({t["pid"] for t in tis}) == TRACK_CHUNKS
-    assert max(t["start_date"] for t in tis) < min(t["end_date"] for t in tis)
+    assert _most_at_once(tis) >= TRACK_CHUNKS // 2
     first = _summaries(deployment, run_id)
     assert sum(s["sent"] for s in first) == TRACK_EVENTS
     assert sum(s["failed"] for s in first) == 0
