@@ -694,34 +694,40 @@ def _profile_rows(samples: Path, size: int) -> list[dict[str, Any]]:
     ]
 
 
+def _optional_table(header: str, alignment: str, body: list[str]) -> list[str]:
+    """A markdown table, or nothing when it has no rows (an option that was not asked for)."""
+    return [header, alignment, *body] if body else []
+
+
 def _profile_samples_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
+    names = {"main": "MainThread", "cometly-verify": "cometly-verify", "upload": "part uploads (4 threads)"}
+    return _optional_table(
         "| export (MB gzip) | thread | what it is doing | share of the thread's samples | s |",
         "|---:|---|---|---:|---:|",
-    ]
-    names = {"main": "MainThread", "cometly-verify": "cometly-verify", "upload": "part uploads (4 threads)"}
-    for row in rows:
-        if "profile_thread" in row:
-            lines.append(
-                f"| {row['size_mb']:.1f} | {names[row['profile_thread']]} | {row['activity']} | "
-                f"{100 * row['share']:.0f} % | {row['seconds']:.1f} |"
-            )
-    return lines if len(lines) > 2 else []
+        [
+            f"| {row['size_mb']:.1f} | {names[row['profile_thread']]} | {row['activity']} | "
+            f"{100 * row['share']:.0f} % | {row['seconds']:.1f} |"
+            for row in rows
+            if "profile_thread" in row
+        ],
+    )
 
 
 def _phase_table(rows: list[dict[str, Any]]) -> list[str]:
     """Streaming and completion of the median S3 runs, with the machine's idle CPU in each."""
-    lines = [
+    figures = ("elapsed", "streaming_s", "streaming_idle_s", "completion_s", "completion_idle_s")
+    return _optional_table(
         "| export (MB gzip) | transfer | s | streaming s | idle CPU s while streaming "
         "| completion s | idle CPU s during completion |",
         "|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        if row.get("kind") and row["destination"].startswith("S3") and "streaming_s" in row:
-            figures = ("elapsed", "streaming_s", "streaming_idle_s", "completion_s", "completion_idle_s")
-            values = " | ".join(f"{row[name]:.2f}" for name in figures)
-            lines.append(f"| {row['size_mb']:.1f} | {row['kind']} | {values} |")
-    return lines if len(lines) > 2 else []
+        [
+            f"| {row['size_mb']:.1f} | {row['kind']} | "
+            + " | ".join(f"{row[name]:.2f}" for name in figures)
+            + " |"
+            for row in rows
+            if row.get("kind") and row["destination"].startswith("S3") and "streaming_s" in row
+        ],
+    )
 
 
 def _best_case(rows: list[dict[str, Any]]) -> list[str]:
@@ -799,13 +805,15 @@ def _profile_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _inflate_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| export (MB gzip) | inflater | MB/s of gzip (median of 3) | CPU s |", "|---:|---|---:|---:|"]
-    for row in rows:
-        if "inflater" in row:
-            lines.append(
-                f"| {row['size_mb']:.1f} | {row['inflater']} | {row['mb_s']:.1f} | {row['cpu_s']:.2f} |"
-            )
-    return lines if len(lines) > 2 else []
+    return _optional_table(
+        "| export (MB gzip) | inflater | MB/s of gzip (median of 3) | CPU s |",
+        "|---:|---|---:|---:|",
+        [
+            f"| {row['size_mb']:.1f} | {row['inflater']} | {row['mb_s']:.1f} | {row['cpu_s']:.2f} |"
+            for row in rows
+            if "inflater" in row
+        ],
+    )
 
 
 def _checks(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
